@@ -1,0 +1,47 @@
+"""The training progress line: step, loss, milliseconds per step, tokens per second and ETA.
+
+On a terminal the line is redrawn after every step and kept every `every` steps; written to a
+file or a pipe, only the kept lines appear, so logs stay short and greppable."""
+
+
+def format_duration(seconds):
+    """12s, 5m07s, 1h02m: precise enough for an estimate, short enough for one line."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+class Progress:
+    def __init__(self, total_steps, stream, every):
+        self.total, self.stream, self.every = total_steps, stream, every
+        self.live = stream.isatty()
+        self.elapsed = 0.0  # seconds spent in training steps so far
+        self.window_steps = self.window_tokens = 0  # since the last kept line
+        self.window_seconds = 0.0
+
+    def update(self, step, loss, tokens, seconds):
+        """Report step `step` (1-based): its loss, the tokens it trained on, the seconds it took."""
+        self.elapsed += seconds
+        self.window_steps += 1
+        self.window_tokens += tokens
+        self.window_seconds += seconds
+        keep = step == 1 or step % self.every == 0 or step == self.total
+        if not (keep or self.live):
+            return
+        ms_per_step = 1000 * self.window_seconds / self.window_steps
+        tokens_per_s = self.window_tokens / max(self.window_seconds, 1e-9)
+        eta = format_duration(self.elapsed / step * (self.total - step))
+        width = len(str(self.total))
+        line = (f"step {step:{width}d}/{self.total} | loss {loss:.4f} | {ms_per_step:.1f} ms/step"
+                f" | {tokens_per_s:,.0f} tok/s | ETA {eta}")
+        if self.live:
+            self.stream.write("\r\033[K" + line + ("\n" if keep else ""))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+        if keep:
+            self.window_steps = self.window_tokens = 0
+            self.window_seconds = 0.0

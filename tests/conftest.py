@@ -1,0 +1,37 @@
+"""Shared helpers: run the project's commands the way a user does, in a subprocess."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ATOMIC = ROOT / "microgpt" / "atomic.py"
+
+
+def run_python(*args, cwd, timeout=600):
+    """Run `python ARGS...` from `cwd` with the repository importable; return the CompletedProcess."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONIOENCODING="utf-8")
+    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture
+def run(tmp_path):
+    """run(*args): `python ARGS...` in a fresh temporary directory."""
+    return lambda *args, **kw: run_python(*args, cwd=tmp_path, **kw)
+
+
+def recursive_post_order(root):
+    """The original microgpt's topological order (recursive), to compare the iterative walk with."""
+    topo, visited = [], set()
+
+    def build(v):
+        if v not in visited:
+            visited.add(v)
+            for child in v._children:
+                build(child)
+            topo.append(v)
+    build(root)
+    return topo
