@@ -116,8 +116,7 @@ def init_weights(cfg, rng, std=0.08):
     return {name: [[rng.gauss(0, std) for _ in range(cols)] for _ in range(rows)]
             for name, (rows, cols) in param_shapes(cfg).items()}
 
-def to_values(weights):
-    """Float weights -> the same matrices of Values, so that gradients flow into them."""
+def to_values(weights):  # float matrices -> the same matrices of Values, which gradients flow into
     return {name: [[Value(x) for x in row] for row in mat] for name, mat in weights.items()}
 
 def linear(x, w):  # (nin,) -> (nout,)
@@ -165,25 +164,27 @@ def gpt(token, pos, keys, values, w, cfg):
         x = [a + b for a, b in zip(x, residual)]
     return linear(x, w["lm_head"])  # (vocab_size,)
 
-def doc_loss(tokens, w, cfg):
-    """Mean cross-entropy of predicting each next token of one document [BOS, ..., BOS],
-    cut to block_size predictions: the Value whose gradients train the model."""
-    n = min(cfg.block_size, len(tokens) - 1)
+def token_losses(tokens, w, cfg):
+    """The cross-entropy of predicting each next token of one document [BOS, ..., BOS], cut to
+    block_size predictions: -log(probability the model gave the token that came)."""
     keys, values = [[] for _ in range(cfg.n_layer)], [[] for _ in range(cfg.n_layer)]
     losses = []
-    for pos in range(n):
+    for pos in range(min(cfg.block_size, len(tokens) - 1)):
         probs = softmax(gpt(tokens[pos], pos, keys, values, w, cfg))
-        losses.append(-probs[tokens[pos + 1]].log())  # small when the true next token was likely
-    return (1 / n) * sum(losses)
+        losses.append(-probs[tokens[pos + 1]].log())
+    return losses
+
+def doc_loss(tokens, w, cfg):
+    """The mean loss over one document's predictions: the Value whose gradients train the model."""
+    losses = token_losses(tokens, w, cfg)
+    return (1 / len(losses)) * sum(losses)
 
 # ----------------------------------------------------------------------------------------------
 # Part 3: training and sampling
 
-def adam_step(params, m, v, step, num_steps, lr=0.01, beta1=0.85, beta2=0.99, eps=1e-8):
-    """One Adam update of every parameter (a Value) from its .grad, which is then reset.
-    m and v are running means of the gradient and its square; the learning rate decays
-    linearly to zero over the run."""
-    lr_t = lr * (1 - step / num_steps)
+def adam_step(params, m, v, step, lr_t, beta1=0.85, beta2=0.99, eps=1e-8):
+    """Update every parameter (a Value) from its .grad, which is then reset, at learning rate lr_t.
+    m and v are running means of the gradient and its square; step counts from 0."""
     for i, p in enumerate(params):
         m[i] = beta1 * m[i] + (1 - beta1) * p.grad
         v[i] = beta2 * v[i] + (1 - beta2) * p.grad**2
@@ -232,12 +233,12 @@ def main(argv=None):
     w = to_values(init_weights(cfg, rng))
     params = [p for mat in w.values() for row in mat for p in row]
     print(f"num params: {len(params)}")
-    m, v = [0.0] * len(params), [0.0] * len(params)
+    m, v = [0.0] * len(params), [0.0] * len(params)  # Adam's moment estimates, one per parameter
     for step in range(args.steps):
         tokens = [bos] + [stoi[ch] for ch in docs[step % len(docs)]] + [bos]
         loss = doc_loss(tokens, w, cfg)
         loss.backward()
-        adam_step(params, m, v, step, args.steps)
+        adam_step(params, m, v, step, lr_t=0.01 * (1 - step / args.steps))  # decays linearly to 0
         print(f"step {step + 1:4d} / {args.steps:4d} | loss {loss.data:.4f}")
     print("\n--- inference (new, hallucinated names) ---")
     for i in range(args.num_samples):

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from microgpt import __version__
+from microgpt.engines import ENGINES, fastest
 from microgpt.errors import UserError
 
 
@@ -60,8 +61,13 @@ def add_train_parser(commands):
     model.add_argument("--block-size", type=whole_number(1), default=16, metavar="N",
                        help="longest context, in tokens (default: 16)")
     training = p.add_argument_group("training")
+    training.add_argument("--engine", choices=ENGINES, default=None,
+                          help="what computes the model: all give the same numbers, at different speeds "
+                               "(default: the fastest installed)")
     training.add_argument("--steps", type=whole_number(1), default=1000, metavar="N",
                           help="training steps (default: 1000)")
+    training.add_argument("--batch-size", type=whole_number(1), default=1, metavar="B",
+                          help="documents per step; the loss is the mean over all their tokens (default: 1)")
     training.add_argument("--seed", type=int, default=42, metavar="N", help="random seed (default: 42)")
     sampling = p.add_argument_group("sampling")
     sampling.add_argument("--num-samples", type=whole_number(0), default=20, metavar="N",
@@ -82,8 +88,8 @@ def run_train(args):
         args.command_parser.error(f"--n-embd {args.n_embd} is not divisible by --n-head {args.n_head}; "
                                   "choose n_embd = n_head * head_dim")
     model = {name: getattr(args, name) for name in ("n_layer", "n_embd", "n_head", "block_size")}
-    train(read_docs(args.data), model, args.steps, args.seed, args.num_samples, args.temperature,
-          args.log_every)
+    train(read_docs(args.data), model, args.steps, args.seed, args.engine or fastest(), args.batch_size,
+          args.num_samples, args.temperature, args.log_every)
 
 
 def build_parser():

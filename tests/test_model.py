@@ -53,7 +53,7 @@ def test_deep_model_trains_without_recursion_error():
     before = params[0].data
     loss.backward()
     m, v = [0.0] * len(params), [0.0] * len(params)
-    adam_step(params, m, v, step=0, num_steps=1)
+    adam_step(params, m, v, step=0, lr_t=0.01)
     assert params[0].data != before and all(p.grad == 0 for p in params)
     assert doc_loss([26, 0, 26], w, cfg).data < loss.data  # the step went downhill
 

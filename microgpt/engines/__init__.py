@@ -1,0 +1,34 @@
+"""Engines: the same model, loss, gradients and Adam step, computed at different speeds.
+
+Every engine is one file with a class `Engine(cfg, weights)` that offers the same calls:
+  state_dict(), grad_dict()   weights and last gradients as {name: list of rows of floats}
+  new_cache(), forward(tokens, cache) -> logits (T, V) as lists, continuing after the cached positions
+  loss_and_grads(batch) -> mean loss over every predicted token of a batch of token lists
+  adam_step(step, lr_t)       one Adam update, in the reference's expression order
+All start from the same weights (atomic.init_weights) and compute the same numbers, to rounding:
+tests/test_engines.py holds each to the scalar reference."""
+import importlib
+import importlib.util
+
+from microgpt.errors import UserError
+
+ENGINES = ("scalar", "python", "numpy")  # slowest first
+NEEDS = {"numpy": "numpy"}  # engine -> the optional package it needs
+
+
+def installed():
+    """The engines whose dependencies are importable here, slowest first."""
+    return [name for name in ENGINES if name not in NEEDS or importlib.util.find_spec(NEEDS[name])]
+
+
+def fastest():
+    return installed()[-1]
+
+
+def create(name, cfg, weights):
+    """An engine `name` holding a copy of `weights` ({name: rows of floats}, e.g. atomic.init_weights)."""
+    if name not in ENGINES:
+        raise UserError(f"unknown engine {name!r}; choose one of: {', '.join(ENGINES)}")
+    if name not in installed():
+        raise UserError(f"the {name} engine needs the {NEEDS[name]} package: pip install {NEEDS[name]}")
+    return importlib.import_module(f"microgpt.engines.{name}").Engine(cfg, weights)
