@@ -100,8 +100,7 @@ class GPTConfig:
     n_head: int = 4  # attention heads; each works on n_embd // n_head channels
 
 def param_shapes(cfg):
-    """The name and (rows, columns) of every weight matrix, in the order they are created.
-    GPT-2's names; no biases; a row of a matrix is one output (y[i] = sum_j W[i][j] * x[j])."""
+    """The name and (rows, columns) of every weight matrix, in creation order. GPT-2's names; no biases."""
     C = cfg.n_embd
     shapes = {"wte": (cfg.vocab_size, C), "wpe": (cfg.block_size, C), "lm_head": (cfg.vocab_size, C)}
     for i in range(cfg.n_layer):
@@ -119,7 +118,7 @@ def init_weights(cfg, rng, std=0.08):
 def to_values(weights):  # float matrices -> the same matrices of Values, which gradients flow into
     return {name: [[Value(x) for x in row] for row in mat] for name, mat in weights.items()}
 
-def linear(x, w):  # (nin,) -> (nout,)
+def linear(x, w):  # (nin,) -> (nout,): y[i] = sum_j w[i][j] * x[j], a row of w per output
     return [sum(wi * xi for wi, xi in zip(row, x)) for row in w]
 
 def softmax(logits):  # (n,) -> (n,) probabilities
@@ -240,6 +239,7 @@ def main(argv=None):
         loss.backward()
         adam_step(params, m, v, step, lr_t=0.01 * (1 - step / args.steps))  # decays linearly to 0
         print(f"step {step + 1:4d} / {args.steps:4d} | loss {loss.data:.4f}")
+        del loss  # free this step's graph now, not after the next one is built: less garbage collection
     print("\n--- inference (new, hallucinated names) ---")
     for i in range(args.num_samples):
         name = "".join(chars[t] for t in sample(w, cfg, bos, rng, args.temperature))

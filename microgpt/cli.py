@@ -92,11 +92,37 @@ def run_train(args):
           args.num_samples, args.temperature, args.log_every)
 
 
+def add_bench_parser(commands):
+    from microgpt.bench import CONFIGS
+
+    p = commands.add_parser(
+        "bench", help="time every installed engine side by side",
+        description="Train every installed engine on the same documents of the reference run, in "
+                    "interleaved rounds, and print the median ms/step, steps/s, tokens/s and the speed-up "
+                    "over the scalar engine (the atomic file). If pypy3 is on PATH, the python engine "
+                    "also runs under PyPy.")
+    p.add_argument("--config", action="append", choices=list(CONFIGS),
+                   help="model sizes to time; repeat for several (default: all)")
+    p.add_argument("--rounds", type=whole_number(1), default=5, metavar="N",
+                   help="interleaved rounds; the median is reported (default: 5)")
+    p.add_argument("--min-time", type=positive_number, default=0.3, metavar="S",
+                   help="seconds each engine trains per round, at least (default: 0.3)")
+    p.add_argument("--no-pypy", action="store_true", help="skip PyPy even if pypy3 is on PATH")
+    p.set_defaults(run=run_bench, command_parser=p)
+
+
+def run_bench(args):
+    from microgpt.bench import CONFIGS, bench
+
+    bench(args.config or list(CONFIGS), args.rounds, args.min_time, use_pypy=not args.no_pypy)
+
+
 def build_parser():
     parser = Parser(prog="microgpt", description="A GPT in plain Python, and the tools to understand it.")
     parser.add_argument("--version", action="version", version=f"microgpt {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     add_train_parser(commands)
+    add_bench_parser(commands)
     return parser
 
 

@@ -10,10 +10,10 @@ ROOT = Path(__file__).resolve().parent.parent
 ATOMIC = ROOT / "microgpt" / "atomic.py"
 
 
-def run_python(*args, cwd, timeout=600):
+def run_python(*args, cwd, timeout=600, python=sys.executable):
     """Run `python ARGS...` from `cwd` with the repository importable; return the CompletedProcess."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONIOENCODING="utf-8")
-    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([python, *map(str, args)], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
 

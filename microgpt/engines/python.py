@@ -60,9 +60,13 @@ def linear_forward(x, w):  # x (N, nin), w (nout, nin) -> (N, nout)
 def linear_backward(dy, x, w):  # dy (N, nout) -> dx (N, nin), dw (nout, nin)
     w_cols = list(zip(*w))  # (nin, nout)
     dx = [[sum(map(mul, dy_row, col)) for col in w_cols] for dy_row in dy]
-    x_cols = list(zip(*x))  # (nin, N)
-    # dw[i][j] = sum over tokens of dy[., i] * x[., j]: every token's contribution at once
-    dw = [[sum(map(mul, dy_col, x_col)) for x_col in x_cols] for dy_col in zip(*dy)]
+    # dw[i] = sum over tokens t of dy[t][i] * x[t], summed token by token; a zero dy[t][i] (a ReLU
+    # that was off) adds nothing, so it is skipped
+    dw = [[0.0] * len(x[0]) for _ in w]
+    for dy_row, x_row in zip(dy, x):
+        for i, g in enumerate(dy_row):
+            if g:
+                dw[i] = [a + g * b for a, b in zip(dw[i], x_row)]
     return dx, dw
 
 
@@ -151,14 +155,14 @@ def cross_entropy_backward(probs, targets, dloss):  # d(loss)/d(logits) = dloss 
 
 
 def adam_update(p, g, m, v, step, lr_t, beta1, beta2, eps):
-    """Adam on every parameter at once, as flat lists (P,) -> new p, m, v; the reference's expressions
-    in the reference's order (m, v: running means of g and g^2; bias1, bias2 undo their zero start)."""
+    """Adam on every parameter, in place on flat lists (P,): the reference's expressions in the
+    reference's order (m, v: running means of g and g^2; bias1, bias2 undo their zero start)."""
     c1, c2 = 1 - beta1, 1 - beta2
     bias1, bias2 = 1 - beta1 ** (step + 1), 1 - beta2 ** (step + 1)
-    m = [beta1 * mi + c1 * gi for mi, gi in zip(m, g)]
-    v = [beta2 * vi + c2 * gi**2 for vi, gi in zip(v, g)]
-    p = [pi - lr_t * (mi / bias1) / ((vi / bias2) ** 0.5 + eps) for pi, mi, vi in zip(p, m, v)]
-    return p, m, v
+    for i, gi in enumerate(g):
+        m[i] = mi = beta1 * m[i] + c1 * gi
+        v[i] = vi = beta2 * v[i] + c2 * gi**2
+        p[i] -= lr_t * (mi / bias1) / ((vi / bias2) ** 0.5 + eps)
 
 
 def flatten(mats):  # {name: matrix} -> (P,), in the reference order
@@ -185,7 +189,8 @@ class Engine:
 
     def __init__(self, cfg, weights):
         self.cfg, self.shapes = cfg, param_shapes(cfg)
-        self.params = {name: [[float(x) for x in row] for row in weights[name]] for name in self.shapes}
+        self.p = [float(x) for name in self.shapes for row in weights[name] for x in row]  # (P,) all weights
+        self.params = unflatten(self.p, self.shapes)  # {name: matrix}, rows copied out of self.p
         self.grads = {name: zeros(*shape) for name, shape in self.shapes.items()}
         n_params = sum(rows * cols for rows, cols in self.shapes.values())
         self.m, self.v = [0.0] * n_params, [0.0] * n_params  # Adam's moments, flat (P,)
@@ -292,6 +297,5 @@ class Engine:
 
     def adam_step(self, step, lr_t, beta1=0.85, beta2=0.99, eps=1e-8):
         """One Adam update from self.grads (step counts from 0) at learning rate lr_t."""
-        p, self.m, self.v = adam_update(flatten(self.params), flatten(self.grads), self.m, self.v,
-                                        step, lr_t, beta1, beta2, eps)
-        self.params = unflatten(p, self.shapes)
+        adam_update(self.p, flatten(self.grads), self.m, self.v, step, lr_t, beta1, beta2, eps)
+        self.params = unflatten(self.p, self.shapes)

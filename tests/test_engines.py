@@ -1,0 +1,121 @@
+"""Every engine computes the scalar reference's numbers: from identical weights, the same logits, loss,
+gradients and Adam trajectory, for many small shapes; and the whole reference run, name for name.
+
+Tolerance: all engines work in float64 and differ from the reference only in the order in which they
+add things up (numpy's pairwise sums, the gradient of a shared value summed in another order). Each
+reordering moves a result by a few units in the last place (~1e-16 relative) and a forward/backward pass
+stacks a few hundred of them, so 1e-12 relative to a tensor's largest entry leaves a wide margin while
+any wrong formula shows up at 1e-6 or worse. Adam divides by sqrt(v), which amplifies differences in
+tiny gradients, hence 1e-10 on a 20-step loss trajectory."""
+import random
+import shutil
+import sys
+
+import pytest
+from conftest import ROOT, run_python
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from microgpt import atomic, engines
+from microgpt.engines.scalar import Engine as ScalarEngine
+
+FAST = [pytest.param(name, marks=pytest.mark.skipif(name not in engines.installed(), reason=f"no {name}"))
+        for name in engines.ENGINES if name != "scalar"]
+GOLDEN = (ROOT / "tests" / "golden" / "reference_run.txt").read_text().splitlines()
+
+
+def max_relative_difference(got, want):
+    """max |got - want| over a matrix, relative to the largest |want| (absolute when that is 0)."""
+    scale = max(abs(x) for row in want for x in row) or 1.0
+    return max(abs(a - b) for r1, r2 in zip(got, want) for a, b in zip(r1, r2)) / scale
+
+
+@st.composite
+def models_and_batches(draw):
+    n_head = draw(st.integers(1, 3))
+    # n_embd >= 4: in narrower models the gradients of rmsnorm and of the attention logits are mostly
+    # cancellation (with one channel rmsnorm outputs +-1 whatever its input; two keys compete through a
+    # difference of two nearly equal terms), and the last digits they keep differ with summation order
+    cfg = atomic.GPTConfig(vocab_size=draw(st.integers(2, 7)), block_size=draw(st.integers(1, 6)),
+                           n_layer=draw(st.integers(1, 2)), n_embd=max(4, n_head * draw(st.integers(2, 4))),
+                           n_head=n_head)
+    bos = cfg.vocab_size - 1
+    # documents from 0 characters (just [BOS, BOS]) to longer than the block (cut to block_size + 1)
+    lengths = draw(st.lists(st.integers(0, cfg.block_size + 2), min_size=1, max_size=3))
+    batch = [[bos] + [draw(st.integers(0, bos)) for _ in range(n)] + [bos] for n in lengths]
+    return cfg, batch, draw(st.integers(0, 2**16))
+
+
+@pytest.mark.parametrize("name", FAST)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=models_and_batches())
+def test_engine_matches_reference_logits_loss_and_every_gradient(name, case):
+    cfg, batch, seed = case
+    weights = atomic.init_weights(cfg, random.Random(seed))
+    reference, engine = ScalarEngine(cfg, weights), engines.create(name, cfg, weights)
+    seq = batch[-1][:cfg.block_size]
+    logits = max_relative_difference(engine.forward(seq, engine.new_cache()),
+                                     reference.forward(seq, reference.new_cache()))
+    assert logits <= 1e-12, f"logits differ by {logits:.2e}"
+    want, got = reference.loss_and_grads(batch), engine.loss_and_grads(batch)
+    assert abs(got - want) <= 1e-12 * abs(want), f"loss {got!r} vs reference {want!r}"
+    want_grads, got_grads = reference.grad_dict(), engine.grad_dict()
+    differences = {n: max_relative_difference(got_grads[n], want_grads[n]) for n in want_grads}
+    worst = max(differences, key=differences.get)
+    assert differences[worst] <= 1e-12, f"{worst} gradient differs by {differences[worst]:.2e}: {differences}"
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_twenty_adam_steps_follow_the_reference_trajectory(name):
+    cfg = atomic.GPTConfig(vocab_size=6, block_size=5, n_layer=2, n_embd=6, n_head=2)
+    weights = atomic.init_weights(cfg, random.Random(3))
+    rng = random.Random(4)
+    batches = [[[5] + [rng.randrange(5) for _ in range(rng.randrange(7))] + [5] for _ in range(2)]
+               for _ in range(20)]
+    trajectories = []
+    for engine in (ScalarEngine(cfg, weights), engines.create(name, cfg, weights)):
+        losses = []
+        for step, batch in enumerate(batches):
+            losses.append(engine.loss_and_grads(batch))
+            engine.adam_step(step, lr_t=0.01 * (1 - step / 20))
+        trajectories.append((losses, engine.state_dict()))
+    (want, want_weights), (got, got_weights) = trajectories
+    worst = max(abs(a - b) for a, b in zip(got, want))
+    assert worst <= 1e-10, f"max loss difference over 20 steps {worst:.2e}: {got} vs {want}"
+    assert max(max_relative_difference(got_weights[n], want_weights[n]) for n in want_weights) <= 1e-10
+
+
+@pytest.mark.parametrize("name", ["scalar", *FAST])
+def test_key_value_cache_gives_the_logits_of_a_full_forward_pass(name):
+    cfg = atomic.GPTConfig(vocab_size=6, block_size=6, n_layer=2, n_embd=8, n_head=2)
+    engine = engines.create(name, cfg, atomic.init_weights(cfg, random.Random(5), std=0.5))
+    tokens = [5, 0, 3, 3, 1, 2]
+    full = engine.forward(tokens, engine.new_cache())
+    cache = engine.new_cache()
+    one_by_one = [engine.forward([t], cache)[0] for t in tokens[:2]] + engine.forward(tokens[2:], cache)
+    assert max_relative_difference(one_by_one, full) <= 1e-14
+
+
+PYPY = shutil.which("pypy3")
+
+
+@pytest.mark.parametrize(("name", "python"), [
+    *[pytest.param(*p.values, sys.executable, marks=p.marks, id=p.values[0]) for p in FAST],
+    pytest.param("python", PYPY, id="python-pypy",
+                 marks=pytest.mark.skipif(not PYPY, reason="no pypy3 on PATH (CI installs it)"))])
+def test_reference_run_on_fast_engine_prints_every_golden_figure(name, python, tmp_path):
+    result = run_python("-m", "microgpt", "train", "--engine", name, "--log-every", 1, cwd=tmp_path,
+                        python=python)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.splitlines()
+    losses = [line.split("| loss ")[1][:6] for line in out if line.startswith("step")]
+    assert losses == [line.split("| loss ")[1] for line in GOLDEN if line.startswith("step")]
+    samples = out[out.index("samples (temperature 0.5):") + 1:]
+    assert [s.split(maxsplit=1)[1] if s.split()[1:] else "" for s in samples] == \
+        [line.split(": ", 1)[1] for line in GOLDEN if line.startswith("sample")]
+
+
+def test_engine_that_is_not_installed_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(engines, "installed", lambda: ["scalar", "python"])
+    with pytest.raises(engines.UserError, match="pip install numpy"):
+        engines.create("numpy", atomic.GPTConfig(), atomic.init_weights(atomic.GPTConfig(), random.Random(0)))
