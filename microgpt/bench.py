@@ -19,6 +19,7 @@ import time
 
 from microgpt import atomic, engines
 from microgpt.datasets import BUNDLED
+from microgpt.progress import three_figures
 
 CONFIGS = {  # name -> (model, documents per round)
     "reference": (dict(n_layer=1, n_embd=16, n_head=4, block_size=16), 3),
@@ -153,6 +154,6 @@ def bench(config_names, rounds, min_time, use_pypy=True, stream=sys.stdout):
         for label, seconds in medians.items():
             tokens = statistics.mean(tokens_per_step[label]) / seconds
             ratio = f"{scalar / seconds:,.0f}x" if scalar else "-"
-            stream.write(f"{label:<16}{seconds * 1e3:>10.3g}{1 / seconds:>10,.1f}{tokens:>11,.0f}"
-                         f"{ratio:>11}\n")
+            stream.write(f"{label:<16}{three_figures(seconds * 1e3):>10}{three_figures(1 / seconds):>10}"
+                         f"{tokens:>11,.0f}{ratio:>11}\n")
     return results

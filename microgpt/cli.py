@@ -3,6 +3,7 @@
 Every command has --help. A mistake in the arguments or the input is reported as one line that
 names the problem and the fix, with exit code 2, never a traceback."""
 import argparse
+import os
 import sys
 
 from microgpt import __version__
@@ -137,4 +138,7 @@ def main(argv=None):
     except KeyboardInterrupt:
         sys.stderr.write(f"{parser.prog}: interrupted\n")
         return 130
+    except BrokenPipeError:  # the reader went away (`... | head`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return 0

@@ -11,11 +11,11 @@ def test_bench_prints_a_row_per_engine_with_its_speedup(run):
     out = result.stdout
     assert out.startswith("machine: ") and "2 interleaved rounds, median" in out
     rows = {m[1]: m for m in re.finditer(
-        r"^(\w+)\s+([\d.]+)\s+([\d,.]+)\s+([\d,]+)\s+([\d,]+)x$", out, re.M)}
+        r"^(\w+)\s+([\d,.]+)\s+([\d,.]+)\s+([\d,]+)\s+([\d,]+)x$", out, re.M)}
     assert list(rows) == engines.installed()
     assert rows["scalar"][5] == "1"
     for name, row in rows.items():
-        ms_per_step, steps_per_s = float(row[2]), float(row[3].replace(",", ""))
-        assert ms_per_step > 0 and abs(ms_per_step * steps_per_s / 1000 - 1) < 0.01, name
+        ms_per_step, steps_per_s = (float(row[i].replace(",", "")) for i in (2, 3))
+        assert ms_per_step > 0 and abs(ms_per_step * steps_per_s / 1000 - 1) < 0.02, name  # 3 figures each
         if name != "scalar":
             assert int(row[5].replace(",", "")) > 1, f"{name} is not faster than scalar"
