@@ -11,6 +11,7 @@ Shapes, by one-letter names: N = tokens of a batch (all its documents laid end t
 one document, C = n_embd, H = n_head, D = head_dim = C // H, V = vocab_size. A matrix is a list of rows.
 """
 import math
+from array import array
 from itertools import chain
 from operator import add, mul
 
@@ -169,12 +170,16 @@ def flatten(mats):  # {name: matrix} -> (P,), in the reference order
     return list(chain.from_iterable(chain.from_iterable(mats.values())))
 
 
-def unflatten(flat, shapes):  # (P,) -> {name: matrix}
-    mats, i = {}, 0
+def split(flat, shapes):  # (P,) -> {name: (rows * cols,)}
+    parts, i = {}, 0
     for name, (rows, cols) in shapes.items():
-        mats[name] = [flat[i + r * cols:i + (r + 1) * cols] for r in range(rows)]
-        i += rows * cols
-    return mats
+        parts[name], i = flat[i:i + rows * cols], i + rows * cols
+    return parts
+
+
+def unflatten(flat, shapes):  # (P,) -> {name: matrix}
+    return {name: [part[r * cols:(r + 1) * cols] for r in range(rows)]
+            for (name, part), (rows, cols) in zip(split(flat, shapes).items(), shapes.values())}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -250,17 +255,24 @@ class Engine:
             tape.update(tokens=tokens, positions=positions, bounds=bounds, x0=x0, s0=s0, layers=layers, x=x)
         return [logits[a:b] for a, b in zip(bounds, bounds[1:])]
 
-    def loss_and_grads(self, batch):
+    def _loss(self, batch, tape=None):
         """The mean loss over every predicted token of a batch of documents (lists of token ids, each
-        cut to block_size + 1 tokens), and its gradient into self.grads."""
-        cfg, P = self.cfg, self.params
-        seqs = [doc[:cfg.block_size + 1] for doc in batch]
-        tape = {}
+        cut to block_size + 1 tokens); also the probabilities and targets, which backward needs."""
+        seqs = [doc[:self.cfg.block_size + 1] for doc in batch]
         logits = self._forward([seq[:-1] for seq in seqs], [self.new_cache() for _ in seqs], tape)
         targets = [t for seq in seqs for t in seq[1:]]
         losses, probs = cross_entropy_forward([row for rows in logits for row in rows], targets)
+        return (1 / len(targets)) * sum(losses), probs, targets
+
+    def loss(self, batch):
+        """The mean loss of a batch, without gradients (evaluation)."""
+        return self._loss(batch)[0]
+
+    def loss_and_grads(self, batch):
+        """The mean loss of a batch, and its gradient with respect to every weight into self.grads."""
+        cfg, P, tape = self.cfg, self.params, {}
+        loss, probs, targets = self._loss(batch, tape)
         dloss = 1 / len(targets)
-        loss = dloss * sum(losses)
 
         G = {}  # the gradients, filled from the loss back to the embeddings
         dlogits = cross_entropy_backward(probs, targets, dloss)
@@ -295,7 +307,31 @@ class Engine:
         self.grads = {name: G[name] for name in self.shapes}  # in the reference order
         return loss
 
-    def adam_step(self, step, lr_t, beta1=0.85, beta2=0.99, eps=1e-8):
-        """One Adam update from self.grads (step counts from 0) at learning rate lr_t."""
+    def clip_grads(self, max_norm):
+        """Scale the gradients down to a global L2 norm of max_norm if above it; return the norm before."""
+        norm = math.sqrt(sum(g * g for mat in self.grads.values() for row in mat for g in row))
+        if norm > max_norm:
+            scale = max_norm / norm
+            self.grads = {name: [[g * scale for g in row] for row in mat] for name, mat in self.grads.items()}
+        return norm
+
+    def adam_step(self, step, lr_t, beta1=0.85, beta2=0.99, eps=1e-8, weight_decay=0.0):
+        """One Adam update from self.grads (step counts from 0) at learning rate lr_t; weight_decay
+        shrinks every weight by lr_t * weight_decay first (AdamW's decoupled decay)."""
+        if weight_decay:
+            self.p = [pi - lr_t * weight_decay * pi for pi in self.p]
         adam_update(self.p, flatten(self.grads), self.m, self.v, step, lr_t, beta1, beta2, eps)
+        self.params = unflatten(self.p, self.shapes)
+
+    def export_state(self):
+        """Weights and Adam's moments as {name: flat array of floats}: 'wte', ..., 'adam.m.wte', ..."""
+        state = {}
+        for prefix, flat in (("", self.p), ("adam.m.", self.m), ("adam.v.", self.v)):
+            state.update({prefix + name: array("d", part) for name, part in split(flat, self.shapes).items()})
+        return state
+
+    def load_state(self, state):
+        """Take weights and Adam's moments from export_state()'s layout (any flat float sequences)."""
+        self.p, self.m, self.v = ([float(x) for name in self.shapes for x in state[prefix + name]]
+                                  for prefix in ("", "adam.m.", "adam.v."))
         self.params = unflatten(self.p, self.shapes)
