@@ -3,11 +3,12 @@
 Every command has --help. A mistake in the arguments or the input is reported as one line that
 names the problem and the fix, with exit code 2, never a traceback."""
 import argparse
+import math
 import os
 import sys
 
 from microgpt import __version__
-from microgpt.engines import ENGINES, fastest
+from microgpt.engines import ENGINES
 from microgpt.errors import UserError
 
 
@@ -42,55 +43,124 @@ def positive_number(text):
     return value
 
 
+def number_in(low, high, low_open=False, high_open=True):
+    """An argparse type: a float in the interval from low to high (open or closed at each end)."""
+    interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not ((value > low if low_open else value >= low) and (value < high if high_open else value <= high)):
+            raise argparse.ArgumentTypeError(f"must be in {interval}, got {text}")
+        return value
+    return parse
+
+
 def add_train_parser(commands):
+    from microgpt.config import PRESETS, TrainConfig
+    from microgpt.datasets import BUNDLED, FORMATS
+    from microgpt.schedule import SCHEDULES
+
+    ref, d = PRESETS["reference"], TrainConfig()
     p = commands.add_parser(
-        "train", help="train a model and print samples",
-        description="Train a GPT from scratch, one document per step, showing progress, and print "
-                    "samples at the end. The defaults are the reference run of microgpt/atomic.py: "
-                    "same seed, same numbers, same 20 names.")
+        "train", help="train a model, evaluate it on held-out data, save checkpoints, print samples",
+        description="Train a GPT from scratch. With no options this is the reference run of "
+                    "microgpt/atomic.py (same numbers, same 20 names), plus a held-out loss and a run "
+                    "directory with checkpoints and a log. A preset sets everything at once; any option "
+                    "given overrides it. Ctrl-C saves; --resume continues exactly.")
     data = p.add_argument_group("data")
-    data.add_argument("--data", default="names", metavar="NAME|PATH",
-                      help="a bundled data set (names, shakespeare) or a UTF-8 text file, one "
-                           "document per line (default: names)")
+    data.add_argument("--data", metavar="NAME|PATH",
+                      help=f"a bundled data set ({', '.join(BUNDLED)}) or a UTF-8 text file (default: names)")
+    data.add_argument("--format", choices=FORMATS,
+                      help="lines: one document per line; stream: one running text, trained on windows "
+                           "(default: names are lines, shakespeare a stream, a file is detected and said)")
     model = p.add_argument_group("model")
-    model.add_argument("--n-layer", type=whole_number(1), default=1, metavar="N",
-                       help="transformer blocks (default: 1)")
-    model.add_argument("--n-embd", type=whole_number(1), default=16, metavar="N",
-                       help="width of the residual stream (default: 16)")
-    model.add_argument("--n-head", type=whole_number(1), default=4, metavar="N",
-                       help="attention heads; must divide --n-embd (default: 4)")
-    model.add_argument("--block-size", type=whole_number(1), default=16, metavar="N",
-                       help="longest context, in tokens (default: 16)")
+    for flag, help_text in (("--n-layer", "transformer blocks"), ("--n-embd", "width of the residual stream"),
+                            ("--n-head", "attention heads; must divide --n-embd"),
+                            ("--block-size", "longest context, in tokens")):
+        key = flag[2:].replace("-", "_")
+        model.add_argument(flag, type=whole_number(1), metavar="N", help=f"{help_text} (default: {ref['model'][key]})")
     training = p.add_argument_group("training")
-    training.add_argument("--engine", choices=ENGINES, default=None,
+    training.add_argument("--preset", choices=list(PRESETS),
+                          help="data, model and training settings that were measured (README); default: reference")
+    training.add_argument("--engine", choices=ENGINES,
                           help="what computes the model: all give the same numbers, at different speeds "
                                "(default: the fastest installed)")
-    training.add_argument("--steps", type=whole_number(1), default=1000, metavar="N",
-                          help="training steps (default: 1000)")
-    training.add_argument("--batch-size", type=whole_number(1), default=1, metavar="B",
-                          help="documents per step; the loss is the mean over all their tokens (default: 1)")
-    training.add_argument("--seed", type=int, default=42, metavar="N", help="random seed (default: 42)")
+    training.add_argument("--dtype", choices=("float64", "float32"),
+                          help="float32 is about twice as fast on numpy; float64 reproduces the reference "
+                               "(default: float64)")
+    training.add_argument("--steps", type=whole_number(1), metavar="N", help=f"training steps (default: {d.steps})")
+    training.add_argument("--batch-size", type=whole_number(1), metavar="B",
+                          help="documents or windows per step; the loss is the mean over all their tokens "
+                               f"(default: {d.batch_size})")
+    training.add_argument("--lr", type=positive_number, metavar="LR", help=f"peak learning rate (default: {d.lr})")
+    training.add_argument("--schedule", choices=SCHEDULES,
+                          help=f"learning-rate decay after the warmup (default: {d.schedule}, the reference's)")
+    training.add_argument("--warmup", type=whole_number(0), metavar="N",
+                          help=f"steps of linear warmup (default: {d.warmup})")
+    training.add_argument("--min-lr-ratio", type=number_in(0, 1, high_open=False), metavar="R",
+                          help=f"where the cosine schedule ends, as a fraction of --lr (default: {d.min_lr_ratio})")
+    training.add_argument("--weight-decay", type=number_in(0, 1), metavar="WD",
+                          help=f"AdamW's decoupled weight decay (default: {d.weight_decay})")
+    training.add_argument("--grad-clip", type=number_in(0, math.inf), metavar="NORM",
+                          help=f"clip the gradient's global norm to this; 0 = off (default: {d.grad_clip})")
+    training.add_argument("--beta1", type=number_in(0, 1), metavar="B1", help=f"Adam (default: {d.beta1})")
+    training.add_argument("--beta2", type=number_in(0, 1), metavar="B2", help=f"Adam (default: {d.beta2})")
+    training.add_argument("--seed", type=int, metavar="N", help=f"random seed (default: {d.seed})")
+    output = p.add_argument_group("evaluation and output")
+    output.add_argument("--eval-every", type=whole_number(1), metavar="N",
+                        help=f"held-out loss and a checkpoint every N steps (default: {ref['eval_every']})")
+    output.add_argument("--log-every", type=whole_number(1), default=100, metavar="N",
+                        help="a progress line and a log record every N steps (default: 100)")
+    output.add_argument("--out", metavar="DIR",
+                        help="the run directory (default: runs/DATA, or runs/DATA-2, ... if taken)")
+    output.add_argument("--resume", metavar="DIR",
+                        help="continue the run in DIR exactly where its checkpoint left off")
     sampling = p.add_argument_group("sampling")
     sampling.add_argument("--num-samples", type=whole_number(0), default=20, metavar="N",
                           help="samples printed after training (default: 20)")
     sampling.add_argument("--temperature", type=positive_number, default=0.5, metavar="T",
                           help="below 1 sharpens the distribution, above 1 flattens it (default: 0.5)")
-    output = p.add_argument_group("output")
-    output.add_argument("--log-every", type=whole_number(1), default=100, metavar="N",
-                        help="keep a progress line every N steps (default: 100)")
     p.set_defaults(run=run_train, command_parser=p)
 
 
 def run_train(args):
-    from microgpt.datasets import read_docs
-    from microgpt.train import train
+    from microgpt.train import train_command
 
-    if args.n_embd % args.n_head:
-        args.command_parser.error(f"--n-embd {args.n_embd} is not divisible by --n-head {args.n_head}; "
-                                  "choose n_embd = n_head * head_dim")
-    model = {name: getattr(args, name) for name in ("n_layer", "n_embd", "n_head", "block_size")}
-    train(read_docs(args.data), model, args.steps, args.seed, args.engine or fastest(), args.batch_size,
-          args.num_samples, args.temperature, args.log_every)
+    train_command(args)
+
+
+def add_sample_parser(commands):
+    p = commands.add_parser(
+        "sample", help="generate text from a trained model",
+        description="Generate text from a run directory (its best checkpoint) or a checkpoint file. For "
+                    "documents (lines) each sample starts after BOS and ends at BOS; a sample that only "
+                    "repeats a training document is marked.")
+    p.add_argument("--from", dest="source", required=True, metavar="DIR|FILE",
+                   help="a run directory (train --out) or a .safetensors checkpoint")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                   help="in a run directory: the best held-out checkpoint or the latest (default: best)")
+    p.add_argument("--prompt", default="", metavar="TEXT", help="the text every sample starts with (default: none)")
+    p.add_argument("--num-samples", type=whole_number(1), default=10, metavar="N", help="(default: 10)")
+    p.add_argument("--max-new-tokens", type=whole_number(1), metavar="N",
+                   help="(default: up to the block for documents, 500 for a stream)")
+    p.add_argument("--temperature", type=number_in(0, math.inf), default=0.8, metavar="T",
+                   help="0 takes the most likely token; below 1 sharpens, above 1 flattens (default: 0.8)")
+    p.add_argument("--top-k", type=whole_number(0), default=0, metavar="K",
+                   help="draw only from the K most likely tokens; 0 = all (default: 0)")
+    p.add_argument("--top-p", type=number_in(0, 1, low_open=True, high_open=False), default=1.0, metavar="P",
+                   help="draw only from the most likely tokens that hold P of the probability (default: 1)")
+    p.add_argument("--seed", type=int, default=42, metavar="N", help="random seed (default: 42)")
+    p.add_argument("--engine", choices=ENGINES, help="(default: the fastest installed)")
+    p.set_defaults(run=run_sample, command_parser=p)
+
+
+def run_sample(args):
+    from microgpt.sampling import sample_command
+
+    sample_command(args)
 
 
 def add_bench_parser(commands):
@@ -123,6 +193,7 @@ def build_parser():
     parser.add_argument("--version", action="version", version=f"microgpt {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     add_train_parser(commands)
+    add_sample_parser(commands)
     add_bench_parser(commands)
     return parser
 
@@ -134,7 +205,7 @@ def main(argv=None):
         args.run(args)
     except UserError as e:
         sys.stderr.write(f"{parser.prog}: error: {e}\n")
-        return 2
+        return e.exit_code
     except KeyboardInterrupt:
         sys.stderr.write(f"{parser.prog}: interrupted\n")
         return 130

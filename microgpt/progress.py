@@ -23,8 +23,8 @@ def format_duration(seconds):
 
 
 class Progress:
-    def __init__(self, total_steps, stream, every):
-        self.total, self.stream, self.every = total_steps, stream, every
+    def __init__(self, total_steps, stream, every, first=1):
+        self.total, self.stream, self.every, self.first = total_steps, stream, every, first
         self.live = stream.isatty()
         self.elapsed = 0.0  # seconds spent in training steps so far
         self.window_steps = self.window_tokens = 0  # since the last kept line
@@ -36,12 +36,12 @@ class Progress:
         self.window_steps += 1
         self.window_tokens += tokens
         self.window_seconds += seconds
-        keep = step == 1 or step % self.every == 0 or step == self.total
+        keep = step == self.first or step % self.every == 0 or step == self.total
         if not (keep or self.live):
             return
         ms_per_step = 1000 * self.window_seconds / self.window_steps
         tokens_per_s = self.window_tokens / max(self.window_seconds, 1e-9)
-        eta = format_duration(self.elapsed / step * (self.total - step))
+        eta = format_duration(self.elapsed / (step - self.first + 1) * (self.total - step))
         width = len(str(self.total))
         line = (f"step {step:{width}d}/{self.total} | loss {loss:.4f} | {three_figures(ms_per_step)} ms/step"
                 f" | {tokens_per_s:,.0f} tok/s | ETA {eta}")

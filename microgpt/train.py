@@ -1,45 +1,279 @@
-"""Training from the command line: the reference run's recipe (seed, data order, initialisation,
-Adam with linear decay) on any engine and batch size, with a progress line and samples at the end."""
+"""Training: the reference recipe grown into a workflow. Any engine and batch size, a held-out loss every
+`eval_every` steps, a checkpoint at each of them (and the best one kept), a JSONL log, Ctrl-C that saves
+and says how to resume, and a resume that continues bit for bit as if never stopped.
+
+A run directory holds:
+  checkpoint.safetensors   the latest state (weights, Adam's moments, step, settings, random state)
+  best.safetensors         the state with the lowest held-out loss so far
+  log.jsonl                one JSON object per logged step and per evaluation
+"""
+import json
+import math
+import os
 import random
+import signal
 import sys
 import time
+from dataclasses import asdict, dataclass, field, replace
 
-from microgpt import atomic, engines
+from microgpt import atomic, checkpoint, engines
+from microgpt.config import MODEL_FIELDS, PRESETS, TRAIN_FIELDS, TrainConfig
+from microgpt.datasets import Dataset
+from microgpt.errors import UserError
+from microgpt.loading import check_shapes, read
 from microgpt.progress import Progress
-from microgpt.sampling import sample
+from microgpt.sampling import generate
+from microgpt.schedule import learning_rate
+
+EVAL_BATCH = 64  # held-out sequences per forward pass
 
 
-def train(docs, model, steps, seed, engine_name, batch_size, num_samples, temperature, log_every,
-          lr=0.01, stream=sys.stdout):
-    """Train a fresh model of shape `model` (n_layer, n_embd, n_head, block_size as a dict) on `docs`,
-    `batch_size` documents per step, then print `num_samples` samples. Returns the engine and the
-    sample texts. With batch size 1 and the default seed it is the reference run, on every engine."""
-    rng = random.Random(seed)  # drawn in the reference's order: shuffle, weights, samples
-    docs = list(docs)
-    rng.shuffle(docs)
-    chars = atomic.build_vocab(docs)
-    bos, stoi = len(chars), {ch: i for i, ch in enumerate(chars)}
-    cfg = atomic.GPTConfig(vocab_size=len(chars) + 1, **model)
-    engine = engines.create(engine_name, cfg, atomic.init_weights(cfg, rng))
-    n_params = sum(rows * cols for rows, cols in atomic.param_shapes(cfg).values())
-    stream.write(f"data: {len(docs)} documents, vocab size {cfg.vocab_size}\n"
-                 f"model: n_layer {cfg.n_layer}, n_embd {cfg.n_embd}, n_head {cfg.n_head}, "
-                 f"block_size {cfg.block_size}: {n_params:,} parameters; engine {engine.name}, "
-                 f"batch size {batch_size}\n")
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything that decides the numbers a run computes (a resume must not change any of it), and
+    the few things that do not (engine, how often to evaluate and log)."""
+    data: str = "names"
+    format: str = None  # lines | stream | None: detect
+    model: dict = field(default_factory=lambda: dict(n_layer=1, n_embd=16, n_head=4, block_size=16))
+    train: TrainConfig = field(default_factory=TrainConfig)
+    dtype: str = "float64"
+    engine: str = None  # None: the fastest installed
+    eval_every: int = 100
+    eval_windows: int = 256  # held-out windows of a stream at intermediate evaluations (all at the end)
+    log_every: int = 100
 
-    progress = Progress(steps, stream, log_every)
-    for step in range(steps):
+    def fixed(self):
+        """The settings a resumed run must share with the run it continues, as plain data."""
+        return {"data": self.data, "format": self.format, "model": self.model, "train": asdict(self.train),
+                "dtype": self.dtype}
+
+
+class Trainer:
+    def __init__(self, settings, out_dir, stream=sys.stdout, resume_from=None):
+        self.settings, self.out_dir, self.stream = settings, out_dir, stream
+        tc = settings.train
+        self.rng = random.Random(tc.seed)  # the reference's one stream: shuffle, weights, samples
+        self.data = Dataset(settings.data, settings.format, self.rng)
+        self.data.check(settings.model["block_size"])
+        self.cfg = atomic.GPTConfig(vocab_size=self.data.tokenizer.vocab_size, **settings.model)
+        weights = atomic.init_weights(self.cfg, self.rng)
+        self.engine = engines.create(settings.engine or engines.fastest(), self.cfg, weights, settings.dtype)
+        self.step, self.best, self.smoothed = 0, math.inf, None
+        if resume_from:
+            tensors, meta = resume_from
+            check_shapes(tensors, self.cfg, os.path.join(out_dir, "checkpoint.safetensors"))
+            self.engine.load_state({name: values for name, (shape, values) in tensors.items()})
+            self.step, self.best, self.smoothed = meta["step"], meta["best_held_out"], meta["smoothed"]
+            self.rng.setstate(to_state(meta["rng"]))
+        self.stop_requested = False
+
+    # -- checkpoints and logs ----------------------------------------------------------------------------
+
+    def save(self, name="checkpoint.safetensors"):
+        state = self.engine.export_state()
+        shapes = atomic.param_shapes(self.cfg)
+        tensors = {key: (shapes[key.split(".", 2)[-1] if key.startswith("adam.") else key], values)
+                   for key, values in state.items()}
+        metadata = {"settings": self.settings.fixed(), "vocab_size": self.cfg.vocab_size,
+                    "tokenizer": self.data.tokenizer.to_metadata(), "data_sha256": self.data.sha256,
+                    "data_format": self.data.format,
+                    "step": self.step, "best_held_out": self.best, "smoothed": self.smoothed,
+                    "rng": self.rng.getstate(), "engine": self.engine.name, "eval_every": self.settings.eval_every}
+        path = os.path.join(self.out_dir, name)
+        checkpoint.save(path, tensors, metadata, dtype="F32" if self.settings.dtype == "float32" else "F64")
+        return path
+
+    def log(self, record):
+        with open(os.path.join(self.out_dir, "log.jsonl"), "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # -- evaluation --------------------------------------------------------------------------------------
+
+    def held_out_loss(self, final=False):
+        """Total negative log-likelihood over held-out tokens / their number (all of them at the end)."""
+        bs = self.cfg.block_size
+        batches = self.data.held_out_batches(bs, EVAL_BATCH, None if final else self.settings.eval_windows)
+        total = count = 0
+        for batch in batches:
+            n = sum(min(bs, len(seq) - 1) for seq in batch)
+            total += self.engine.loss(batch) * n
+            count += n
+        return total / count
+
+    # -- the loop ----------------------------------------------------------------------------------------
+
+    def run(self):
+        """Train to the last step (or until Ctrl-C), evaluating and saving on the way."""
+        s, tc, w = self.settings, self.settings.train, self.stream
+        progress = Progress(tc.steps, w, s.log_every, first=self.step + 1)
+        previous = signal.signal(signal.SIGINT, self._interrupt)
+        try:
+            while self.step < tc.steps and not self.stop_requested:
+                self._step(progress)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        path = self.save()
+        if self.stop_requested:
+            w.write(f"interrupted after step {self.step}; saved {path}\n"
+                    f"resume with: python -m microgpt train --resume {self.out_dir}\n")
+        return path
+
+    def _interrupt(self, signum, frame):
+        if self.stop_requested:  # a second Ctrl-C: stop now, without saving
+            raise KeyboardInterrupt
+        self.stop_requested = True
+        self.stream.write("\nCtrl-C: finishing this step, then saving (Ctrl-C again to quit at once)\n")
+
+    def _step(self, progress):
+        s, tc = self.settings, self.settings.train
         started = time.perf_counter()
-        batch = [[bos] + [stoi[ch] for ch in docs[(step * batch_size + b) % len(docs)]] + [bos]
-                 for b in range(batch_size)]
-        loss = engine.loss_and_grads(batch)
-        engine.adam_step(step, lr_t=lr * (1 - step / steps))  # linear decay to zero
-        predicted = sum(min(cfg.block_size, len(doc) - 1) for doc in batch)
-        progress.update(step + 1, loss, predicted, time.perf_counter() - started)
+        batch = self.data.batch(self.step, tc.batch_size, self.cfg.block_size, tc.seed)
+        loss = self.engine.loss_and_grads(batch)
+        if not math.isfinite(loss):
+            raise TrainingDiverged(self.step + 1, loss, self.out_dir)
+        grad_norm = self.engine.clip_grads(tc.grad_clip) if tc.grad_clip else None
+        lr = learning_rate(self.step, tc)
+        self.engine.adam_step(self.step, lr, tc.beta1, tc.beta2, tc.eps, tc.weight_decay)
+        self.step += 1
+        seconds = time.perf_counter() - started
+        tokens = sum(min(self.cfg.block_size, len(seq) - 1) for seq in batch)
+        self.smoothed = loss if self.smoothed is None else 0.9 * self.smoothed + 0.1 * loss
+        progress.update(self.step, loss, tokens, seconds)
+        if self.step % s.log_every == 0 or self.step == tc.steps:
+            self.log({"step": self.step, "train_loss": loss, "train_loss_smooth": self.smoothed, "lr": lr,
+                      "grad_norm": grad_norm, "ms_per_step": 1000 * seconds, "tokens_per_s": tokens / seconds})
+        if self.step % s.eval_every == 0 or self.step == tc.steps:
+            self._evaluate(final=self.step == tc.steps)
 
-    stream.write(f"samples (temperature {temperature}):\n")
-    samples = []
-    for i in range(num_samples):
-        samples.append("".join(chars[t] for t in sample(engine, bos, rng, temperature, cfg.block_size)))
-        stream.write(f"{i + 1:3d}  {samples[-1]}\n")
-    return engine, samples
+    def _evaluate(self, final):
+        held_out = self.held_out_loss(final)
+        note = ""
+        if held_out < self.best:
+            self.best = held_out
+            note = f"; best so far, saved {self.save('best.safetensors')}"
+        self.save()
+        scope = "all held-out tokens" if final or self.data.format == "lines" else "held-out sample"
+        self.stream.write(f"step {self.step}: held-out loss {held_out:.4f} ({scope}){note}\n")
+        self.log({"step": self.step, "held_out_loss": held_out, "held_out_scope": scope})
+
+    def samples(self, num_samples, temperature):
+        """Samples in the reference's way (the run's random stream continues): documents from BOS,
+        streams from a newline."""
+        tok, out = self.data.tokenizer, []
+        if self.data.format == "lines":
+            prompt, stop, length = [tok.bos], tok.bos, self.cfg.block_size
+        else:
+            prompt, stop, length = tok.encode("\n") if "\n" in tok.stoi else [0], None, 4 * self.cfg.block_size
+        for _ in range(num_samples):
+            out.append(tok.decode(generate(self.engine, prompt, self.rng, length, self.cfg.block_size,
+                                           temperature, stop=stop)))
+        return out
+
+
+class TrainingDiverged(UserError):
+    exit_code = 1  # not a mistake in the command: the run itself went wrong
+
+    def __init__(self, step, loss, out_dir):
+        saved = os.path.join(out_dir, "checkpoint.safetensors")
+        kept = f"the last good checkpoint is {saved}" if os.path.exists(saved) else "no checkpoint was saved yet"
+        super().__init__(f"training diverged: the loss is {loss} at step {step}; {kept}; "
+                         "lower --lr, add --warmup or set --grad-clip 1")
+
+
+def to_state(value):
+    """random.getstate() after a trip through JSON (lists back to tuples)."""
+    return tuple(to_state(v) for v in value) if isinstance(value, list) else value
+
+
+# -- the `train` command ---------------------------------------------------------------------------------
+
+
+def given(args, names):
+    """The options among `names` that the user gave (argparse leaves the others None)."""
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+def settings_from_args(args):
+    """A preset (the reference unless --preset) with every option the user gave laid over it."""
+    preset = PRESETS[args.preset or "reference"]
+    model = {**preset["model"], **given(args, MODEL_FIELDS)}
+    settings = RunSettings(data=args.data or preset["data"], format=args.format, model=model,
+                           train=replace(preset["train"], **given(args, TRAIN_FIELDS)),
+                           dtype=args.dtype or preset.get("dtype", "float64"), engine=args.engine,
+                           eval_every=args.eval_every or preset["eval_every"], log_every=args.log_every)
+    if model["n_embd"] % model["n_head"]:
+        raise UserError(f"--n-embd {model['n_embd']} is not divisible by --n-head {model['n_head']}; "
+                        "choose n_embd = n_head * head_dim")
+    if settings.train.warmup >= settings.train.steps:
+        raise UserError(f"--warmup {settings.train.warmup} leaves no step after it (--steps "
+                        f"{settings.train.steps}); use a shorter warmup")
+    return settings
+
+
+def resume_settings(args):
+    """The settings and state saved in --resume DIR; an option that would change them is an error."""
+    tensors, meta = read(os.path.join(args.resume, "checkpoint.safetensors"))
+    saved = meta["settings"]
+    settings = RunSettings(data=saved["data"], format=saved["format"], model=saved["model"],
+                           train=TrainConfig(**saved["train"]), dtype=saved["dtype"], engine=args.engine,
+                           eval_every=args.eval_every or meta["eval_every"], log_every=args.log_every)
+    asked = {**given(args, ("data", "format", "dtype")), **given(args, MODEL_FIELDS), **given(args, TRAIN_FIELDS)}
+    have = {**saved, **saved["model"], **saved["train"]}
+    conflicts = [f"--{key.replace('_', '-')} {value} (the run has {have[key]})"
+                 for key, value in asked.items() if value != have[key]]
+    if args.preset:
+        conflicts.append(f"--preset {args.preset} (a resumed run keeps its own settings)")
+    if conflicts:
+        raise UserError(f"--resume {args.resume}: the run was trained with other settings: {'; '.join(conflicts)}; "
+                        "drop those options, or start a new run with --out")
+    return settings, (tensors, meta)
+
+
+def choose_out_dir(args, settings):
+    """--out, or runs/<data>, runs/<data>-2, ...: the first that holds no run yet. Never overwrites a run."""
+    if args.out:
+        if os.path.exists(os.path.join(args.out, "checkpoint.safetensors")):
+            raise UserError(f"--out {args.out} already holds a run; continue it with --resume {args.out} "
+                            "or choose another --out")
+        return args.out
+    base = os.path.join("runs", os.path.splitext(os.path.basename(settings.data))[0])
+    out, n = base, 2
+    while os.path.exists(out) and os.listdir(out):
+        out, n = f"{base}-{n}", n + 1
+    return out
+
+
+def train_command(args):
+    if args.resume:
+        settings, state = resume_settings(args)
+        out_dir = args.resume
+    else:
+        settings, state = settings_from_args(args), None
+        out_dir = choose_out_dir(args, settings)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "log.jsonl"), "a"):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write the run directory {out_dir}: {e.strerror}; choose another --out") from None
+    trainer = Trainer(settings, out_dir, resume_from=state)
+    if state and state[1]["data_sha256"] != trainer.data.sha256:
+        raise UserError(f"--data {settings.data} has changed since this run started (its checksum differs); "
+                        "restore the original file, or start a new run")
+    w, cfg, tc = sys.stdout, trainer.cfg, settings.train
+    n_params = sum(rows * cols for rows, cols in atomic.param_shapes(cfg).values())
+    w.write(f"data: {trainer.data.describe()}\n"
+            f"model: n_layer {cfg.n_layer}, n_embd {cfg.n_embd}, n_head {cfg.n_head}, block_size "
+            f"{cfg.block_size}: {n_params:,} parameters; engine {trainer.engine.name} ({settings.dtype})\n"
+            f"training: {tc.steps} steps of batch {tc.batch_size}, lr {tc.lr} ({tc.schedule}"
+            f"{f', warmup {tc.warmup}' if tc.warmup else ''}), weight decay {tc.weight_decay}, grad clip "
+            f"{tc.grad_clip or 'off'}, seed {tc.seed}\n"
+            f"run directory: {out_dir}" + (f" (resuming after step {trainer.step})" if state else "") + "\n")
+    trainer.run()
+    if trainer.stop_requested:
+        return
+    w.write(f"best held-out loss {trainer.best:.4f}; checkpoints in {out_dir}\n")
+    if args.num_samples:
+        w.write(f"samples (temperature {args.temperature}):\n")
+        for i, text in enumerate(trainer.samples(args.num_samples, args.temperature)):
+            w.write(f"{i + 1:3d}  {text}\n" if trainer.data.format == "lines" else f"--- {i + 1}\n{text}\n")

@@ -25,10 +25,16 @@ def fastest():
     return installed()[-1]
 
 
-def create(name, cfg, weights):
-    """An engine `name` holding a copy of `weights` ({name: rows of floats}, e.g. atomic.init_weights)."""
+def create(name, cfg, weights, dtype="float64"):
+    """An engine `name` holding a copy of `weights` ({name: rows of floats}, e.g. atomic.init_weights),
+    computing in `dtype`: float64 everywhere, float32 where an engine offers it."""
     if name not in ENGINES:
         raise UserError(f"unknown engine {name!r}; choose one of: {', '.join(ENGINES)}")
     if name not in installed():
         raise UserError(f"the {name} engine needs the {NEEDS[name]} package: pip install {NEEDS[name]}")
-    return importlib.import_module(f"microgpt.engines.{name}").Engine(cfg, weights)
+    module = importlib.import_module(f"microgpt.engines.{name}")
+    if dtype == "float64":
+        return module.Engine(cfg, weights)
+    if dtype not in getattr(module.Engine, "dtypes", ("float64",)):
+        raise UserError(f"the {name} engine computes in float64 only; --dtype {dtype} needs --engine numpy")
+    return module.Engine(cfg, weights, dtype)

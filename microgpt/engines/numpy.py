@@ -116,6 +116,7 @@ class Engine:
     forward (with a key/value cache), loss and gradients of a batch, and an Adam step."""
 
     name = "numpy"
+    dtypes = ("float64", "float32")
 
     def __init__(self, cfg, weights, dtype="float64"):
         self.cfg, self.shapes, self.dtype = cfg, param_shapes(cfg), np.dtype(dtype)

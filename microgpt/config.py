@@ -1,0 +1,50 @@
+"""Training settings as a frozen dataclass, and the presets that fill them in.
+
+The model's shape is atomic.GPTConfig (vocab_size comes from the data); everything about how it is
+trained is TrainConfig. A preset names a data set, a model and a TrainConfig that were measured to do
+something (see README); any flag given on the command line overrides the preset's value."""
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 1  # documents (lines) or windows (stream) per step
+    lr: float = 0.01  # the peak learning rate
+    schedule: str = "linear"  # linear | cosine (microgpt/schedule.py)
+    warmup: int = 0  # steps of linear warmup
+    min_lr_ratio: float = 0.0  # where cosine ends, as a fraction of lr
+    weight_decay: float = 0.0  # AdamW's decoupled decay
+    grad_clip: float = 0.0  # clip the global gradient norm to this; 0 = off
+    beta1: float = 0.85
+    beta2: float = 0.99
+    eps: float = 1e-8
+    seed: int = 42
+
+
+MODEL_FIELDS = ("n_layer", "n_embd", "n_head", "block_size")
+TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig))
+
+PRESETS = {
+    "reference": {  # the reference run of microgpt/atomic.py, on every engine
+        "data": "names",
+        "model": dict(n_layer=1, n_embd=16, n_head=4, block_size=16),
+        "train": TrainConfig(),
+        "eval_every": 100,
+    },
+    "names": {  # held-out loss <= 1.92 in under 10 minutes here (README)
+        "data": "names",
+        "model": dict(n_layer=4, n_embd=64, n_head=4, block_size=16),
+        "train": TrainConfig(steps=6000, batch_size=32, lr=3e-3, schedule="cosine", warmup=200,
+                             min_lr_ratio=0.05, weight_decay=0.1, grad_clip=1.0, beta1=0.9, beta2=0.99),
+        "eval_every": 500,
+    },
+    "shakespeare": {  # held-out loss <= 1.88 in under 2 min 12 s here (README)
+        "data": "shakespeare",
+        "model": dict(n_layer=4, n_embd=128, n_head=4, block_size=64),
+        "train": TrainConfig(steps=2000, batch_size=12, lr=3e-3, schedule="cosine", warmup=100,
+                             min_lr_ratio=0.1, weight_decay=0.1, grad_clip=1.0, beta1=0.9, beta2=0.99),
+        "eval_every": 250,
+        "dtype": "float32",
+    },
+}
