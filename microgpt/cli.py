@@ -109,6 +109,8 @@ def add_train_parser(commands):
     training.add_argument("--beta1", type=number_in(0, 1), metavar="B1", help=f"Adam (default: {d.beta1})")
     training.add_argument("--beta2", type=number_in(0, 1), metavar="B2", help=f"Adam (default: {d.beta2})")
     training.add_argument("--seed", type=int, metavar="N", help=f"random seed (default: {d.seed})")
+    training.add_argument("--init-std", type=positive_number, metavar="S",
+                          help=f"standard deviation of the initial weights (default: {d.init_std})")
     output = p.add_argument_group("evaluation and output")
     output.add_argument("--eval-every", type=whole_number(1), metavar="N",
                         help=f"held-out loss and a checkpoint every N steps (default: {ref['eval_every']})")

@@ -20,6 +20,7 @@ class TrainConfig:
     beta2: float = 0.99
     eps: float = 1e-8
     seed: int = 42
+    init_std: float = 0.08  # the reference draws every weight from N(0, 0.08); wider models want less
 
 
 MODEL_FIELDS = ("n_layer", "n_embd", "n_head", "block_size")

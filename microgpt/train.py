@@ -56,7 +56,7 @@ class Trainer:
         self.data = Dataset(settings.data, settings.format, self.rng)
         self.data.check(settings.model["block_size"])
         self.cfg = atomic.GPTConfig(vocab_size=self.data.tokenizer.vocab_size, **settings.model)
-        weights = atomic.init_weights(self.cfg, self.rng)
+        weights = atomic.init_weights(self.cfg, self.rng, tc.init_std)
         self.engine = engines.create(settings.engine or engines.fastest(), self.cfg, weights, settings.dtype)
         self.step, self.best, self.smoothed = 0, math.inf, None
         if resume_from:
