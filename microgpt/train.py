@@ -51,6 +51,12 @@ class RunSettings:
 class Trainer:
     def __init__(self, settings, out_dir, stream=sys.stdout, resume_from=None):
         self.settings, self.out_dir, self.stream = settings, out_dir, stream
+        try:  # find out now, not after an hour of training, if the run directory cannot be written
+            os.makedirs(out_dir, exist_ok=True)
+            with open(os.path.join(out_dir, "log.jsonl"), "a"):
+                pass
+        except OSError as e:
+            raise UserError(f"cannot write the run directory {out_dir}: {e.strerror}; choose another --out") from None
         tc = settings.train
         self.rng = random.Random(tc.seed)  # the reference's one stream: shuffle, weights, samples
         self.data = Dataset(settings.data, settings.format, self.rng)
@@ -215,7 +221,8 @@ def resume_settings(args):
     tensors, meta = read(os.path.join(args.resume, "checkpoint.safetensors"))
     saved = meta["settings"]
     settings = RunSettings(data=saved["data"], format=saved["format"], model=saved["model"],
-                           train=TrainConfig(**saved["train"]), dtype=saved["dtype"], engine=args.engine,
+                           train=TrainConfig(**saved["train"]), dtype=saved["dtype"],
+                           engine=args.engine or meta["engine"],  # by default, the engine it was trained on
                            eval_every=args.eval_every or meta["eval_every"], log_every=args.log_every)
     asked = {**given(args, ("data", "format", "dtype")), **given(args, MODEL_FIELDS), **given(args, TRAIN_FIELDS)}
     have = {**saved, **saved["model"], **saved["train"]}
@@ -250,12 +257,6 @@ def train_command(args):
     else:
         settings, state = settings_from_args(args), None
         out_dir = choose_out_dir(args, settings)
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "log.jsonl"), "a"):
-            pass
-    except OSError as e:
-        raise UserError(f"cannot write the run directory {out_dir}: {e.strerror}; choose another --out") from None
     trainer = Trainer(settings, out_dir, resume_from=state)
     if state and state[1]["data_sha256"] != trainer.data.sha256:
         raise UserError(f"--data {settings.data} has changed since this run started (its checksum differs); "

@@ -1,0 +1,98 @@
+"""Checkpoints: the public safetensors layout (the safetensors package reads them), exact round trips,
+atomic writes, and one clear line for every file that is not a checkpoint we can use."""
+import errno
+import json
+import struct
+from array import array
+
+import pytest
+
+from microgpt import checkpoint
+from microgpt.errors import UserError
+
+TENSORS = {"wte": ((2, 3), [0.1, -2.5, 3e-300, 1e300, -0.0, 7.0]), "adam.m.wte": ((2, 3), [1e-17] * 6)}
+
+
+def test_round_trip_is_exact(tmp_path):
+    path = tmp_path / "c.safetensors"
+    checkpoint.save(path, TENSORS, {"step": 7, "settings": {"a": [1, 2]}})
+    tensors, meta = checkpoint.load(path)
+    assert {k: (shape, list(v)) for k, (shape, v) in tensors.items()} == TENSORS
+    assert meta == {"step": 7, "settings": {"a": [1, 2]}}
+
+
+def test_the_safetensors_package_opens_it(tmp_path):
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    path = tmp_path / "c.safetensors"
+    checkpoint.save(path, TENSORS, {"step": 7})
+    loaded = safetensors_numpy.load_file(str(path))
+    assert loaded["wte"].shape == (2, 3) and loaded["wte"].ravel().tolist() == TENSORS["wte"][1]
+    from safetensors import safe_open
+
+    with safe_open(str(path), "np") as f:
+        assert f.metadata()["format"] == "microgpt" and json.loads(f.metadata()["step"]) == 7
+
+
+def test_layout_is_header_length_json_then_little_endian_data(tmp_path):
+    path = tmp_path / "c.safetensors"
+    checkpoint.save(path, {"x": ((2,), [1.5, -2.0])}, {})
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    assert header["x"] == {"dtype": "F64", "shape": [2], "data_offsets": [0, 16]}
+    assert struct.unpack("<2d", raw[8 + n:]) == (1.5, -2.0) and (8 + n) % 8 == 0
+
+
+def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "c.safetensors"
+    checkpoint.save(path, TENSORS, {"step": 1})
+    before = path.read_bytes()
+
+    def disk_full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(checkpoint.os, "fsync", disk_full)
+    with pytest.raises(UserError, match=r"No space left on device.*previous checkpoint.*intact"):
+        checkpoint.save(path, TENSORS, {"step": 2})
+    assert path.read_bytes() == before and list(tmp_path.iterdir()) == [path]
+
+
+def test_float32_tensors(tmp_path):
+    path = tmp_path / "c.safetensors"
+    checkpoint.save(path, {"x": ((3,), array("d", [0.5, 1.25, -3.0]))}, {}, dtype="F32")
+    tensors, _ = checkpoint.load(path)
+    assert list(tensors["x"][1]) == [0.5, 1.25, -3.0] and tensors["x"][1].typecode == "f"
+
+
+def good_file(tmp_path):
+    path = tmp_path / "c.safetensors"
+    checkpoint.save(path, TENSORS, {"step": 1})
+    return path
+
+
+BROKEN = {
+    "missing": (lambda p: p.unlink(), "no checkpoint at"),
+    "empty": (lambda p: p.write_bytes(b""), "not a microgpt checkpoint"),
+    "text": (lambda p: p.write_text("hello, this is not a checkpoint at all"), "truncated|not a microgpt"),
+    "truncated": (lambda p: p.write_bytes(p.read_bytes()[:-10]), "truncated"),
+    "header cut": (lambda p: p.write_bytes(p.read_bytes()[:20]), "truncated"),
+    "foreign safetensors": (lambda p: p.write_bytes(struct.pack("<Q", 2) + b"{}"), "not a microgpt checkpoint"),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN)
+def test_broken_files_are_refused_in_one_line(tmp_path, case):
+    damage, message = BROKEN[case]
+    path = good_file(tmp_path)
+    damage(path)
+    with pytest.raises(UserError, match=message) as error:
+        checkpoint.load(path)
+    assert "\n" not in str(error.value)
+
+
+def test_newer_format_version_is_refused(tmp_path, monkeypatch):
+    path = tmp_path / "c.safetensors"
+    monkeypatch.setattr(checkpoint, "VERSION", checkpoint.VERSION + 1)
+    checkpoint.save(path, TENSORS, {})
+    monkeypatch.undo()
+    with pytest.raises(UserError, match="newer than this microgpt reads"):
+        checkpoint.load(path)
