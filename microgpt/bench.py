@@ -18,7 +18,6 @@ import sys
 import time
 
 from microgpt import atomic, engines
-from microgpt.datasets import BUNDLED
 from microgpt.progress import three_figures
 
 CONFIGS = {  # name -> (model, documents per round)
@@ -30,7 +29,7 @@ PYPY_WARMUP_SECONDS = 3.0
 
 def reference_docs():
     """The names in the reference run's order, as token lists [BOS, ..., BOS]."""
-    docs = atomic.load_docs(BUNDLED["names"])
+    docs = atomic.load_docs(atomic.NAMES_FILE)
     random.Random(42).shuffle(docs)
     chars = atomic.build_vocab(docs)
     stoi = {ch: i for i, ch in enumerate(chars)}

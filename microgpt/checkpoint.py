@@ -81,8 +81,8 @@ def load(path):
     with open(path, "rb") as f:
         data = f.read()
     problem = f"{path} is not a microgpt checkpoint"
-    if len(data) < 8:
-        raise UserError(f"{problem} (it is {len(data)} bytes long); give the file that train wrote")
+    if len(data) < 9 or data[8:9] != b"{":  # every safetensors header is a JSON object
+        raise UserError(f"{problem} (no safetensors header); give the file that train wrote")
     (header_len,) = struct.unpack("<Q", data[:8])
     if 8 + header_len > len(data):
         raise UserError(f"{path} is truncated (header cut short); use an intact checkpoint, e.g. best.safetensors")

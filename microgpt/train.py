@@ -72,6 +72,7 @@ class Trainer:
             self.step, self.best, self.smoothed = meta["step"], meta["best_held_out"], meta["smoothed"]
             self.rng.setstate(to_state(meta["rng"]))
         self.stop_requested = False
+        self.last_saved_step = self.step if resume_from else None
 
     # -- checkpoints and logs ----------------------------------------------------------------------------
 
@@ -87,6 +88,8 @@ class Trainer:
                     "rng": self.rng.getstate(), "engine": self.engine.name, "eval_every": self.settings.eval_every}
         path = os.path.join(self.out_dir, name)
         checkpoint.save(path, tensors, metadata, dtype="F32" if self.settings.dtype == "float32" else "F64")
+        if name == "checkpoint.safetensors":
+            self.last_saved_step = self.step
         return path
 
     def log(self, record):
@@ -136,7 +139,7 @@ class Trainer:
         batch = self.data.batch(self.step, tc.batch_size, self.cfg.block_size, tc.seed)
         loss = self.engine.loss_and_grads(batch)
         if not math.isfinite(loss):
-            raise TrainingDiverged(self.step + 1, loss, self.out_dir)
+            raise TrainingDiverged(self.step + 1, loss, self.out_dir, self.last_saved_step)
         grad_norm = self.engine.clip_grads(tc.grad_clip) if tc.grad_clip else None
         lr = learning_rate(self.step, tc)
         self.engine.adam_step(self.step, lr, tc.beta1, tc.beta2, tc.eps, tc.weight_decay)
@@ -179,9 +182,10 @@ class Trainer:
 class TrainingDiverged(UserError):
     exit_code = 1  # not a mistake in the command: the run itself went wrong
 
-    def __init__(self, step, loss, out_dir):
+    def __init__(self, step, loss, out_dir, saved_step):
         saved = os.path.join(out_dir, "checkpoint.safetensors")
-        kept = f"the last good checkpoint is {saved}" if os.path.exists(saved) else "no checkpoint was saved yet"
+        kept = f"the last good checkpoint is {saved} (step {saved_step})" if saved_step is not None \
+            else "no checkpoint was saved yet"
         super().__init__(f"training diverged: the loss is {loss} at step {step}; {kept}; "
                          "lower --lr, add --warmup or set --grad-clip 1")
 

@@ -5,7 +5,7 @@ import re
 import pytest
 from conftest import ATOMIC
 
-COMMANDS = [[], ["train"]]
+COMMANDS = [[], ["train"], ["sample"], ["bench"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "top")
@@ -16,13 +16,14 @@ def test_help(run, command):
 
 def test_train_runs_end_to_end_on_a_users_file(run, tmp_path):
     data = tmp_path / "words.txt"
-    data.write_text("anna\nbob\n\nclara\n")
+    data.write_text("anna\nbob\nclara\n")
     result = run("-m", "microgpt", "train", "--data", data, "--steps", 6, "--log-every", 3,
                  "--num-samples", 4, "--n-embd", 8, "--n-head", 2)
     assert result.returncode == 0, result.stderr
     out = result.stdout.splitlines()
-    assert out[0] == "data: 3 documents, vocab size 8"  # a b c l n o r + BOS
-    kept = [line for line in out if line.startswith("step")]
+    assert out[0].endswith("words.txt: lines (one short item per line, no blank lines); 2 documents to train on, "
+                           "1 held out; vocab size 8")  # a b c l n o r + BOS
+    kept = [line for line in out if "| loss" in line]
     assert [line.split("|")[0].strip() for line in kept] == ["step 1/6", "step 3/6", "step 6/6"]
     assert re.fullmatch(r"step 6/6 \| loss \d+\.\d{4} \| [\d.]+ ms/step \| [\d,]+ tok/s \| ETA 0s", kept[-1])
     samples = out[out.index("samples (temperature 0.5):") + 1:]
@@ -48,7 +49,7 @@ BAD_ARGUMENTS = {
     "not a number": (["--n-embd", "big"], "expected a whole number"),
     "indivisible heads": (["--n-embd", "10"], "not divisible by --n-head"),
     "zero temperature": (["--temperature", "0"], "greater than 0"),
-    "unknown flag": (["--lr", "1"], "unrecognized arguments"),
+    "unknown flag": (["--learning-rate", "1"], "unrecognized arguments"),
     "missing data": (["--data", "no_such_file.txt"], "no such file"),
 }
 

@@ -201,10 +201,15 @@ class Engine:
 
     def loss(self, batch):
         """The mean loss of a batch, without gradients (evaluation)."""
-        return self._loss(batch)[0]
+        with np.errstate(all="ignore"):  # a diverged model gives inf or nan, which the trainer reports
+            return self._loss(batch)[0]
 
     def loss_and_grads(self, batch):
         """The mean loss of a batch, and its gradient with respect to every weight into self.grads."""
+        with np.errstate(all="ignore"):  # a diverged model gives inf or nan, which the trainer reports
+            return self._loss_and_grads(batch)
+
+    def _loss_and_grads(self, batch):
         cfg, P, G, tape = self.cfg, self.params, self.grads, {}
         loss, probs, tokens, targets, positions, dloss = self._loss(batch, tape)
 

@@ -1,0 +1,129 @@
+"""Every mistake a user can make with train and sample gets one line that names the problem and the fix, a
+non-zero exit, no traceback, and loses nothing."""
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+from microgpt import checkpoint
+
+
+def cli(*args, cwd):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "microgpt", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_error(result, message, code=2):
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert message in result.stderr, result.stderr
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A trained run directory (the reference settings, 200 steps)."""
+    where = tmp_path_factory.mktemp("trained")
+    assert cli("train", "--steps", 200, "--out", "run", "--num-samples", 0, cwd=where).returncode == 0
+    return where / "run"
+
+
+def test_stream_too_short_for_one_window(tmp_path):
+    (tmp_path / "tiny.txt").write_text("To be, or not to be.\n\nThat is the question.\n")
+    assert_one_line_error(cli("train", "--data", "tiny.txt", cwd=tmp_path), "too short for one window of 17 tokens")
+
+
+def test_a_single_document_cannot_be_split(tmp_path):
+    (tmp_path / "one.txt").write_text("alone\n")
+    assert_one_line_error(cli("train", "--data", "one.txt", cwd=tmp_path), "needs at least 2")
+
+
+def test_resume_with_other_settings_is_refused(run):
+    result = cli("train", "--resume", run, "--lr", 0.1, "--n-embd", 32, "--n-head", 4, cwd=run.parent)
+    assert_one_line_error(result, "the run was trained with other settings")
+    assert "--lr 0.1 (the run has 0.01)" in result.stderr and "--n-embd 32 (the run has 16)" in result.stderr
+
+
+def test_resume_from_nothing(tmp_path):
+    assert_one_line_error(cli("train", "--resume", "nowhere", cwd=tmp_path), "no checkpoint at nowhere")
+
+
+def test_out_never_overwrites_a_run(run):
+    before = (run / "checkpoint.safetensors").read_bytes()
+    assert_one_line_error(cli("train", "--out", run, cwd=run.parent), f"continue it with --resume {run}")
+    assert (run / "checkpoint.safetensors").read_bytes() == before
+
+
+def test_unwritable_run_directory(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    assert_one_line_error(cli("train", "--out", "a_file/run", cwd=tmp_path), "cannot write the run directory")
+
+
+def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    result = cli("train", "--lr", 1e30, "--eval-every", 1, "--out", "run", cwd=tmp_path)
+    assert_one_line_error(result, "training diverged: the loss is", code=1)
+    _, meta = checkpoint.load(tmp_path / "run" / "checkpoint.safetensors")
+    assert f"at step {meta['step'] + 1}; the last good checkpoint is run/checkpoint.safetensors (step {meta['step']})" \
+        in result.stderr
+
+
+NONSENSE = {
+    "negative steps": (["train", "--steps", "-5"], "--steps: must be at least 1"),
+    "indivisible heads": (["train", "--n-embd", "10"], "not divisible by --n-head"),
+    "warmup too long": (["train", "--steps", "10", "--warmup", "10"], "leaves no step after it"),
+    "weight decay": (["train", "--weight-decay", "-1"], "must be in [0, 1)"),
+    "negative temperature": (["sample", "--from", "x", "--temperature", "-1"], "must be in [0, inf)"),
+    "top-p zero": (["sample", "--from", "x", "--top-p", "0"], "must be in (0, 1]"),
+    "top-p above one": (["sample", "--from", "x", "--top-p", "1.5"], "must be in (0, 1]"),
+}
+
+
+@pytest.mark.parametrize("case", NONSENSE)
+def test_nonsense_numbers(tmp_path, case):
+    args, message = NONSENSE[case]
+    assert_one_line_error(cli(*args, cwd=tmp_path), message)
+
+
+def test_prompt_with_characters_never_seen_names_them(run):
+    assert_one_line_error(cli("sample", "--from", run, "--prompt", "Zoë", cwd=run.parent), "never seen 'Zë'")
+
+
+def test_prompt_longer_than_the_block(run):
+    assert_one_line_error(cli("sample", "--from", run, "--prompt", "a" * 16, cwd=run.parent),
+                          "the prompt is 16 tokens; this model sees at most 16")
+
+
+def damaged_copy(run, tmp_path, damage):
+    path = tmp_path / "c.safetensors"
+    path.write_bytes((run / "checkpoint.safetensors").read_bytes())
+    damage(path)
+    return path
+
+
+def other_config(path):
+    tensors, meta = checkpoint.load(path)
+    meta["settings"]["model"]["n_embd"] = 32
+    checkpoint.save(path, tensors, meta)
+
+
+def newer_version(path):
+    raw = path.read_bytes()
+    path.write_bytes(raw.replace(b'"version":"1"', b'"version":"9"'))
+
+
+CHECKPOINTS = {
+    "missing": (lambda p: p.unlink(), "no checkpoint at"),
+    "truncated": (lambda p: p.write_bytes(p.read_bytes()[:-100]), "is truncated"),
+    "not a checkpoint": (lambda p: p.write_text("name,score\nanna,3\n" * 50), "not a microgpt checkpoint"),
+    "newer version": (newer_version, "format version 9, newer than this microgpt reads (1); upgrade"),
+    "another config": (other_config, "is for another model"),
+}
+
+
+@pytest.mark.parametrize("case", CHECKPOINTS)
+def test_unusable_checkpoints(run, tmp_path, case):
+    damage, message = CHECKPOINTS[case]
+    path = damaged_copy(run, tmp_path, damage)
+    assert_one_line_error(cli("sample", "--from", path, cwd=tmp_path), message)
