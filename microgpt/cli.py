@@ -88,9 +88,16 @@ def add_train_parser(commands):
     training.add_argument("--engine", choices=ENGINES,
                           help="what computes the model: all give the same numbers, at different speeds "
                                "(default: the fastest installed)")
-    training.add_argument("--dtype", choices=("float64", "float32"),
-                          help="float32 is about twice as fast on numpy; float64 reproduces the reference "
-                               "(default: float64)")
+    training.add_argument("--dtype", choices=("float64", "float32", "bfloat16"),
+                          help="float32 is about twice as fast (numpy, torch); bfloat16 is autocast on CUDA "
+                               "(torch); float64 reproduces the reference (default: float64)")
+    training.add_argument("--device", choices=("cpu", "cuda", "mps"),
+                          help="torch engine: where to compute (default: cuda if present, else mps, else cpu)")
+    training.add_argument("--attention", choices=("manual", "sdpa"),
+                          help="torch engine: attention spelled out, or F.scaled_dot_product_attention, the "
+                               "fused kernel (default: manual)")
+    training.add_argument("--compile", action="store_true",
+                          help="torch engine: torch.compile the model (batches padded to block_size)")
     training.add_argument("--steps", type=whole_number(1), metavar="N", help=f"training steps (default: {d.steps})")
     training.add_argument("--batch-size", type=whole_number(1), metavar="B",
                           help="documents or windows per step; the loss is the mean over all their tokens "

@@ -38,6 +38,7 @@ class RunSettings:
     train: TrainConfig = field(default_factory=TrainConfig)
     dtype: str = "float64"
     engine: str = None  # None: the fastest installed
+    engine_options: dict = field(default_factory=dict)  # the torch engine's device, attention, compile
     eval_every: int = 100
     eval_windows: int = 256  # held-out windows of a stream at intermediate evaluations (all at the end)
     log_every: int = 100
@@ -51,19 +52,24 @@ class RunSettings:
 class Trainer:
     def __init__(self, settings, out_dir, stream=sys.stdout, resume_from=None):
         self.settings, self.out_dir, self.stream = settings, out_dir, stream
-        try:  # find out now, not after an hour of training, if the run directory cannot be written
-            os.makedirs(out_dir, exist_ok=True)
-            with open(os.path.join(out_dir, "log.jsonl"), "a"):
-                pass
-        except OSError as e:
-            raise UserError(f"cannot write the run directory {out_dir}: {e.strerror}; choose another --out") from None
         tc = settings.train
         self.rng = random.Random(tc.seed)  # the reference's one stream: shuffle, weights, samples
         self.data = Dataset(settings.data, settings.format, self.rng)
         self.data.check(settings.model["block_size"])
         self.cfg = atomic.GPTConfig(vocab_size=self.data.tokenizer.vocab_size, **settings.model)
         weights = atomic.init_weights(self.cfg, self.rng, tc.init_std)
-        self.engine = engines.create(settings.engine or engines.fastest(), self.cfg, weights, settings.dtype)
+        self.engine = engines.create(settings.engine or engines.fastest(), self.cfg, weights, settings.dtype,
+                                     **settings.engine_options)
+        # under torchrun only rank 0 writes: the progress, the log and the checkpoints
+        self.is_main = getattr(self.engine, "rank", 0) == 0
+        if not self.is_main:
+            self.stream = open(os.devnull, "w")  # lives as long as the trainer
+        try:  # find out now, not after an hour of training, if the run directory cannot be written
+            os.makedirs(out_dir, exist_ok=True)
+            with open(os.path.join(out_dir, "log.jsonl"), "a"):
+                pass
+        except OSError as e:
+            raise UserError(f"cannot write the run directory {out_dir}: {e.strerror}; choose another --out") from None
         self.step, self.best, self.smoothed = 0, math.inf, None
         if resume_from:
             tensors, meta = resume_from
@@ -77,6 +83,9 @@ class Trainer:
     # -- checkpoints and logs ----------------------------------------------------------------------------
 
     def save(self, name="checkpoint.safetensors"):
+        path = os.path.join(self.out_dir, name)
+        if not self.is_main:
+            return path
         state = self.engine.export_state()
         shapes = atomic.param_shapes(self.cfg)
         tensors = {key: (shapes[key.split(".", 2)[-1] if key.startswith("adam.") else key], values)
@@ -86,13 +95,14 @@ class Trainer:
                     "data_format": self.data.format,
                     "step": self.step, "best_held_out": self.best, "smoothed": self.smoothed,
                     "rng": self.rng.getstate(), "engine": self.engine.name, "eval_every": self.settings.eval_every}
-        path = os.path.join(self.out_dir, name)
         checkpoint.save(path, tensors, metadata, dtype="F32" if self.settings.dtype == "float32" else "F64")
         if name == "checkpoint.safetensors":
             self.last_saved_step = self.step
         return path
 
     def log(self, record):
+        if not self.is_main:
+            return
         with open(os.path.join(self.out_dir, "log.jsonl"), "a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -117,15 +127,23 @@ class Trainer:
         progress = Progress(tc.steps, w, s.log_every, first=self.step + 1)
         previous = signal.signal(signal.SIGINT, self._interrupt)
         try:
-            while self.step < tc.steps and not self.stop_requested:
+            while self.step < tc.steps and not self._stopping():
                 self._step(progress)
         finally:
             signal.signal(signal.SIGINT, previous)
         path = self.save()
         if self.stop_requested:
+            world = int(os.environ.get("WORLD_SIZE", "1"))
+            launcher = f"torchrun --nproc_per_node={world}" if world > 1 else "python"
             w.write(f"interrupted after step {self.step}; saved {path}\n"
-                    f"resume with: python -m microgpt train --resume {self.out_dir}\n")
+                    f"resume with: {launcher} -m microgpt train --resume {self.out_dir}\n")
         return path
+
+    def _stopping(self):
+        """Whether to stop before the next step; under torchrun every rank must agree on the same step."""
+        if hasattr(self.engine, "should_stop"):
+            self.stop_requested = self.engine.should_stop(self.stop_requested)
+        return self.stop_requested
 
     def _interrupt(self, signum, frame):
         if self.stop_requested:  # a second Ctrl-C: stop now, without saving
@@ -203,6 +221,21 @@ def given(args, names):
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
+def engine_options(args):
+    return {"device": args.device, "attention": args.attention, "compile": args.compile}
+
+
+def check_launch(settings):
+    """Under torchrun (WORLD_SIZE > 1) only the torch engine can share the work between processes."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and settings.engine != "torch":
+        raise UserError(f"started by torchrun with {world} processes, but only the torch engine trains on several; "
+                        "add --engine torch")
+    if world > 1 and settings.train.batch_size < world:
+        raise UserError(f"--batch-size {settings.train.batch_size} gives some of the {world} processes nothing "
+                        f"to do; use a batch of at least {world}")
+
+
 def settings_from_args(args):
     """A preset (the reference unless --preset) with every option the user gave laid over it."""
     preset = PRESETS[args.preset or "reference"]
@@ -210,6 +243,7 @@ def settings_from_args(args):
     settings = RunSettings(data=args.data or preset["data"], format=args.format, model=model,
                            train=replace(preset["train"], **given(args, TRAIN_FIELDS)),
                            dtype=args.dtype or preset.get("dtype", "float64"), engine=args.engine,
+                           engine_options=engine_options(args),
                            eval_every=args.eval_every or preset["eval_every"], log_every=args.log_every)
     if model["n_embd"] % model["n_head"]:
         raise UserError(f"--n-embd {model['n_embd']} is not divisible by --n-head {model['n_head']}; "
@@ -227,6 +261,7 @@ def resume_settings(args):
     settings = RunSettings(data=saved["data"], format=saved["format"], model=saved["model"],
                            train=TrainConfig(**saved["train"]), dtype=saved["dtype"],
                            engine=args.engine or meta["engine"],  # by default, the engine it was trained on
+                           engine_options=engine_options(args),
                            eval_every=args.eval_every or meta["eval_every"], log_every=args.log_every)
     asked = {**given(args, ("data", "format", "dtype")), **given(args, MODEL_FIELDS), **given(args, TRAIN_FIELDS)}
     have = {**saved, **saved["model"], **saved["train"]}
@@ -261,11 +296,12 @@ def train_command(args):
     else:
         settings, state = settings_from_args(args), None
         out_dir = choose_out_dir(args, settings)
+    check_launch(settings)
     trainer = Trainer(settings, out_dir, resume_from=state)
     if state and state[1]["data_sha256"] != trainer.data.sha256:
         raise UserError(f"--data {settings.data} has changed since this run started (its checksum differs); "
                         "restore the original file, or start a new run")
-    w, cfg, tc = sys.stdout, trainer.cfg, settings.train
+    w, cfg, tc = trainer.stream, trainer.cfg, settings.train
     n_params = sum(rows * cols for rows, cols in atomic.param_shapes(cfg).values())
     w.write(f"data: {trainer.data.describe()}\n"
             f"model: n_layer {cfg.n_layer}, n_embd {cfg.n_embd}, n_head {cfg.n_head}, block_size "

@@ -12,8 +12,8 @@ import importlib.util
 
 from microgpt.errors import UserError
 
-ENGINES = ("scalar", "python", "numpy")  # slowest first
-NEEDS = {"numpy": "numpy"}  # engine -> the optional package it needs
+ENGINES = ("scalar", "python", "numpy", "torch")  # slowest first (on a CPU)
+NEEDS = {"numpy": "numpy", "torch": "torch"}  # engine -> the optional package it needs
 
 
 def installed():
@@ -22,19 +22,29 @@ def installed():
 
 
 def fastest():
-    return installed()[-1]
+    """torch on a GPU; on a CPU numpy, which beats torch at these sizes; else plain Python."""
+    names = installed()
+    if "torch" in names:
+        import torch
+
+        if torch.cuda.is_available():
+            return "torch"
+    return "numpy" if "numpy" in names else "python"
 
 
-def create(name, cfg, weights, dtype="float64"):
+def create(name, cfg, weights, dtype="float64", **options):
     """An engine `name` holding a copy of `weights` ({name: rows of floats}, e.g. atomic.init_weights),
-    computing in `dtype`: float64 everywhere, float32 where an engine offers it."""
+    computing in `dtype`: float64 everywhere, float32 (and bfloat16) where an engine offers it. `options`
+    (device, attention, compile) are the torch engine's."""
     if name not in ENGINES:
         raise UserError(f"unknown engine {name!r}; choose one of: {', '.join(ENGINES)}")
     if name not in installed():
         raise UserError(f"the {name} engine needs the {NEEDS[name]} package: pip install {NEEDS[name]}")
+    options = {key: value for key, value in options.items() if value}
+    if options and name != "torch":
+        raise UserError(f"--{next(iter(options))} is an option of the torch engine; add --engine torch")
     module = importlib.import_module(f"microgpt.engines.{name}")
-    if dtype == "float64":
-        return module.Engine(cfg, weights)
-    if dtype not in getattr(module.Engine, "dtypes", ("float64",)):
-        raise UserError(f"the {name} engine computes in float64 only; --dtype {dtype} needs --engine numpy")
-    return module.Engine(cfg, weights, dtype)
+    if dtype not in module.Engine.dtypes:
+        raise UserError(f"the {name} engine does not compute in {dtype}; use --dtype float64, or --engine "
+                        f"{'numpy or torch' if dtype == 'float32' else 'torch'}")
+    return module.Engine(cfg, weights, dtype, **options)

@@ -191,8 +191,9 @@ class Engine:
     order; forward (with a key/value cache), loss and gradients of a batch, and an Adam step."""
 
     name = "python"
+    dtypes = ("float64",)
 
-    def __init__(self, cfg, weights):
+    def __init__(self, cfg, weights, dtype="float64"):
         self.cfg, self.shapes = cfg, param_shapes(cfg)
         self.p = [float(x) for name in self.shapes for row in weights[name] for x in row]  # (P,) all weights
         self.params = unflatten(self.p, self.shapes)  # {name: matrix}, rows copied out of self.p

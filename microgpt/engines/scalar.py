@@ -8,8 +8,9 @@ from microgpt import atomic
 
 class Engine:
     name = "scalar"
+    dtypes = ("float64",)
 
-    def __init__(self, cfg, weights):
+    def __init__(self, cfg, weights, dtype="float64"):
         self.cfg = cfg
         self.params = atomic.to_values({name: weights[name] for name in atomic.param_shapes(cfg)})
         self.flat = [p for mat in self.params.values() for row in mat for p in row]  # (P,) reference order

@@ -1,0 +1,115 @@
+"""The torch engine beyond what every engine proves (tests/test_engines.py holds it to the reference in
+float64): float32 and the fused attention kernel, padded batches, and DistributedDataParallel through
+torchrun on the CPU (gloo)."""
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+from test_engines import max_relative_difference
+
+from microgpt import atomic, checkpoint
+
+torch_engine = pytest.importorskip("microgpt.engines.torch", reason="the torch engine needs torch (CI installs it)")
+
+CFG = atomic.GPTConfig(vocab_size=7, block_size=8, n_layer=2, n_embd=16, n_head=4)
+BATCH = [[6, 0, 1, 2, 6], [6, 3, 4, 5, 1, 2, 0, 1, 3, 4, 6], [6, 2, 6]]
+
+
+def loss_and_grads(**options):
+    engine = torch_engine.Engine(CFG, atomic.init_weights(CFG, random.Random(1)), **options)
+    return engine.loss_and_grads(BATCH), engine.grad_dict()
+
+
+def assert_close(got, want, tolerance):
+    (loss, grads), (want_loss, want_grads) = got, want
+    assert abs(loss - want_loss) <= tolerance * abs(want_loss)
+    worst = max(max_relative_difference(grads[n], want_grads[n]) for n in want_grads)
+    assert worst <= tolerance, f"gradients differ by {worst:.2e}"
+
+
+def test_float32_agrees_with_float64():
+    # float32 rounds at 6e-8; a forward and backward pass stacks a few hundred roundings, some amplified
+    # by softmax and rmsnorm, so 1e-4 of each tensor's largest entry is a safe bound, and a wrong formula
+    # would be off by far more.
+    assert_close(loss_and_grads(dtype="float32"), loss_and_grads(), 1e-4)
+
+
+def test_fused_attention_kernel_computes_the_same_attention():
+    # the same mathematics in another order of operations: float64 rounding only
+    assert_close(loss_and_grads(attention="sdpa"), loss_and_grads(), 1e-12)
+
+
+def test_padding_to_the_block_changes_nothing():
+    # what --compile does (one shape for every batch): the padding is masked out of the loss, and causal
+    # attention keeps it from every real token, so the loss and every gradient are the same
+    engine = torch_engine.Engine(CFG, atomic.init_weights(CFG, random.Random(1)))
+    engine.pad_to_block = True
+    assert_close((engine.loss_and_grads(BATCH), engine.grad_dict()), loss_and_grads(), 1e-13)
+
+
+def test_batch_is_the_token_weighted_mean_of_its_documents():
+    engine = torch_engine.Engine(CFG, atomic.init_weights(CFG, random.Random(1)))
+    counts = [min(CFG.block_size, len(doc) - 1) for doc in BATCH]  # the long one is cut to the block
+    parts = [(engine.loss_and_grads([doc]), engine.grad_dict()) for doc in BATCH]
+    total = sum(counts)
+    loss = sum(n * part_loss for n, (part_loss, _) in zip(counts, parts)) / total
+    torch = torch_engine.torch
+    grads = {name: (sum(torch.tensor(g[name], dtype=torch.float64) * n for n, (_, g) in zip(counts, parts))
+                    / total).tolist() for name in parts[0][1]}
+    assert_close(loss_and_grads(), (loss, grads), 1e-13)
+
+
+TORCHRUN = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
+COMMON = ["--engine", "torch", "--batch-size", 4, "--log-every", 1, "--eval-every", 1000, "--num-samples", 0]
+
+
+def train(*args, nproc=None, cwd):
+    launcher = [TORCHRUN, f"--nproc_per_node={nproc}", "-m", "microgpt"] if nproc else [sys.executable, "-m",
+                                                                                        "microgpt"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    return subprocess.run([*launcher, "train", *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def losses(run_dir):
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    return [r["train_loss"] for r in records if "train_loss" in r]
+
+
+def test_two_ranks_follow_the_loss_curve_of_one(tmp_path):
+    one = train(*COMMON, "--steps", 40, "--out", "one", cwd=tmp_path)
+    two = train(*COMMON, "--steps", 40, "--out", "two", nproc=2, cwd=tmp_path)
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(a) == len(b) == 40 and max(abs(x - y) for x, y in zip(a, b)) <= 1e-6
+
+
+def test_ctrl_c_under_torchrun_saves_and_resume_is_exact(tmp_path):
+    whole = train(*COMMON, "--steps", 300, "--out", "whole", nproc=2, cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    process = subprocess.Popen([TORCHRUN, "--nproc_per_node=2", "-m", "microgpt", "train", *map(str, COMMON),
+                                "--steps", "300", "--out", "parts"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True)
+    for line in process.stdout:
+        if line.startswith("step   5/300"):
+            break
+    process.send_signal(signal.SIGINT)  # torchrun passes it to every rank; they agree on a step and save
+    out = line + process.communicate(timeout=120)[0]
+    assert "resume with: torchrun --nproc_per_node=2 -m microgpt train --resume parts" in out
+    resumed = train("--resume", "parts", nproc=2, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    a, _ = checkpoint.load(tmp_path / "whole" / "checkpoint.safetensors")
+    b, meta = checkpoint.load(tmp_path / "parts" / "checkpoint.safetensors")
+    assert meta["step"] == 300 and all(list(a[name][1]) == list(b[name][1]) for name in a)
+
+
+def test_torchrun_with_another_engine_is_a_clear_error(tmp_path):
+    result = train("--engine", "numpy", "--batch-size", 4, nproc=2, cwd=tmp_path)
+    assert result.returncode != 0 and "only the torch engine trains on several; add --engine torch" in result.stderr
