@@ -113,6 +113,10 @@ def machine():
         import numpy
 
         software += f", NumPy {numpy.__version__}"
+    if "torch" in engines.installed():
+        import torch
+
+        software += f", PyTorch {torch.__version__}"
     return f"{cpu}, {os.cpu_count()} cores, {platform.system()}; {software}"
 
 
@@ -155,4 +159,8 @@ def bench(config_names, rounds, min_time, use_pypy=True, stream=sys.stdout):
             ratio = f"{scalar / seconds:,.0f}x" if scalar else "-"
             stream.write(f"{label:<16}{three_figures(seconds * 1e3):>10}{three_figures(1 / seconds):>10}"
                          f"{tokens:>11,.0f}{ratio:>11}\n")
+        for runner in runners:
+            describe = getattr(getattr(runner, "engine", None), "describe", None)
+            if describe:
+                stream.write(f"({runner.label}: {describe()})\n")
     return results

@@ -23,8 +23,9 @@ def format_duration(seconds):
 
 
 class Progress:
-    def __init__(self, total_steps, stream, every, first=1):
-        self.total, self.stream, self.every, self.first = total_steps, stream, every, first
+    def __init__(self, total_steps, stream, every, first=1, mfu=None):
+        """mfu: a function from tokens/s to the share of the hardware's peak (or None where unknown)."""
+        self.total, self.stream, self.every, self.first, self.mfu = total_steps, stream, every, first, mfu
         self.live = stream.isatty()
         self.elapsed = 0.0  # seconds spent in training steps so far
         self.window_steps = self.window_tokens = 0  # since the last kept line
@@ -43,8 +44,10 @@ class Progress:
         tokens_per_s = self.window_tokens / max(self.window_seconds, 1e-9)
         eta = format_duration(self.elapsed / (step - self.first + 1) * (self.total - step))
         width = len(str(self.total))
+        mfu = self.mfu(tokens_per_s) if self.mfu else None
         line = (f"step {step:{width}d}/{self.total} | loss {loss:.4f} | {three_figures(ms_per_step)} ms/step"
-                f" | {tokens_per_s:,.0f} tok/s | ETA {eta}")
+                f" | {tokens_per_s:,.0f} tok/s" + (f" | mfu {100 * mfu:.1f}%" if mfu is not None else "")
+                + f" | ETA {eta}")
         if self.live:
             self.stream.write("\r\033[K" + line + ("\n" if keep else ""))
         else:

@@ -124,7 +124,7 @@ class Trainer:
     def run(self):
         """Train to the last step (or until Ctrl-C), evaluating and saving on the way."""
         s, tc, w = self.settings, self.settings.train, self.stream
-        progress = Progress(tc.steps, w, s.log_every, first=self.step + 1)
+        progress = Progress(tc.steps, w, s.log_every, first=self.step + 1, mfu=getattr(self.engine, "mfu", None))
         previous = signal.signal(signal.SIGINT, self._interrupt)
         try:
             while self.step < tc.steps and not self._stopping():

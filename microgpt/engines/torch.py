@@ -24,6 +24,18 @@ from microgpt.atomic import param_shapes
 from microgpt.errors import UserError
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16}
+PEAK_FLOPS = {  # dense, per GPU, from the vendors' data sheets: (name fragment, dtype) -> FLOP/s
+    ("H100", "bfloat16"): 989e12, ("H100", "float32"): 67e12, ("H100", "float64"): 67e12,
+    ("H200", "bfloat16"): 989e12, ("H200", "float32"): 67e12, ("H200", "float64"): 67e12,
+    ("A100", "bfloat16"): 312e12, ("A100", "float32"): 19.5e12, ("A100", "float64"): 19.5e12,
+}
+
+
+def flops_per_token(cfg):
+    """Training FLOPs per token, as in the PaLM paper's appendix B: 6 per parameter (forward and backward
+    through every weight) plus the attention scores and mixing, 12 * n_layer * n_embd * block_size."""
+    n_params = sum(rows * cols for rows, cols in param_shapes(cfg).values())
+    return 6 * n_params + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
 
 
 def rmsnorm(x):  # (..., C) -> (..., C), unit root-mean-square, no gain
@@ -243,6 +255,21 @@ class Engine:
             for prefix, tensors in (("", self.params), ("adam.m.", self.m), ("adam.v.", self.v)):
                 for name, t in tensors.items():
                     t.copy_(torch.tensor(list(state[prefix + name]), dtype=torch.float64).view(t.shape))
+
+    def describe(self):
+        """Where and how it computes: 'cpu, 2 threads, float64', 'cuda (NVIDIA H100 80GB HBM3), bfloat16'."""
+        where = (f"cuda ({torch.cuda.get_device_name(self.device)})" if self.device.type == "cuda"
+                 else f"{self.device.type}, {torch.get_num_threads()} threads")
+        return f"{where}, {'bfloat16' if self.autocast else str(self.dtype).replace('torch.', '')}"
+
+    def mfu(self, tokens_per_second):
+        """Model FLOPs utilisation: the share of the GPU's peak that training achieves (None off a known GPU)."""
+        if self.device.type != "cuda":
+            return None
+        name = torch.cuda.get_device_name(self.device)
+        dtype = "bfloat16" if self.autocast else str(self.dtype).replace("torch.", "")
+        peak = next((flops for (gpu, kind), flops in PEAK_FLOPS.items() if gpu in name and kind == dtype), None)
+        return tokens_per_second * flops_per_token(self.cfg) * self.world / peak if peak else None
 
     def should_stop(self, requested):
         """Whether any rank asks to stop (Ctrl-C reaches them at different steps): all stop together."""
