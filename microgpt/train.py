@@ -77,7 +77,8 @@ class Trainer:
             self.engine.load_state({name: values for name, (shape, values) in tensors.items()})
             self.step, self.best, self.smoothed = meta["step"], meta["best_held_out"], meta["smoothed"]
             self.rng.setstate(to_state(meta["rng"]))
-        self.stop_requested = False
+        self.interrupted = False  # set by Ctrl-C, at any moment
+        self.stop_requested = False  # decided between steps (by every rank together, under torchrun)
         self.last_saved_step = self.step if resume_from else None
 
     # -- checkpoints and logs ----------------------------------------------------------------------------
@@ -142,13 +143,15 @@ class Trainer:
     def _stopping(self):
         """Whether to stop before the next step; under torchrun every rank must agree on the same step."""
         if hasattr(self.engine, "should_stop"):
-            self.stop_requested = self.engine.should_stop(self.stop_requested)
+            self.stop_requested = self.engine.should_stop(self.interrupted)
+        else:
+            self.stop_requested = self.interrupted
         return self.stop_requested
 
     def _interrupt(self, signum, frame):
-        if self.stop_requested:  # a second Ctrl-C: stop now, without saving
+        if self.interrupted:  # a second Ctrl-C: stop now, without saving
             raise KeyboardInterrupt
-        self.stop_requested = True
+        self.interrupted = True
         self.stream.write("\nCtrl-C: finishing this step, then saving (Ctrl-C again to quit at once)\n")
 
     def _step(self, progress):

@@ -66,7 +66,8 @@ def test_batch_is_the_token_weighted_mean_of_its_documents():
 
 
 TORCHRUN = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
-COMMON = ["--engine", "torch", "--batch-size", 4, "--log-every", 1, "--eval-every", 1000, "--num-samples", 0]
+COMMON = ["--engine", "torch", "--device", "cpu", "--batch-size", 4, "--log-every", 1, "--eval-every", 1000,
+          "--num-samples", 0]
 
 
 def train(*args, nproc=None, cwd):

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The GPU checks of the torch engine, in one go (about 5 minutes on one H100): the equivalence tests on
+# CUDA, bfloat16 training on Tiny Shakespeare, and tokens/s and MFU at nanoGPT's Shakespeare size.
+# Usage: scripts/gpu_check.sh [OUT_DIR]   (logs land in OUT_DIR, default gpu_check/)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-gpu_check}"
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 PYTHONPATH=.
+py=python3
+nvidia-smi -L | tee "$out/gpu.txt"
+$py -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__)" | tee -a "$out/gpu.txt"
+
+echo "== 1. equivalence on CUDA (the torch tests; the torchrun ones use gloo on the CPU)"
+$py -m pytest tests/test_engines.py tests/test_torch.py -k "torch or fused or float32 or padding or batch_is" \
+    -q -p no:cacheprovider -o addopts="" 2>&1 | tail -15 | tee "$out/tests.txt"
+
+echo "== 2. bfloat16 training on Tiny Shakespeare, 4 x 128, block 64, batch 64, 600 steps"
+$py -m microgpt train --data shakespeare --engine torch --dtype bfloat16 --n-layer 4 --n-embd 128 --n-head 4 \
+    --block-size 64 --batch-size 64 --steps 600 --lr 3e-3 --schedule cosine --warmup 50 --init-std 0.02 \
+    --weight-decay 0.1 --grad-clip 1 --beta1 0.9 --eval-every 200 --log-every 100 --num-samples 1 \
+    --out "$out/bf16" 2>&1 | tee "$out/bf16.txt"
+
+echo "== 3. nanoGPT's Shakespeare size: 6 x 384, 6 heads, block 256, batch 64"
+for variant in "--dtype bfloat16 --attention sdpa" "--dtype bfloat16 --attention sdpa --compile" \
+               "--dtype float32 --attention manual"; do
+    echo "-- $variant"
+    $py -m microgpt train --data shakespeare --engine torch $variant --n-layer 6 --n-embd 384 --n-head 6 \
+        --block-size 256 --batch-size 64 --steps 200 --lr 1e-3 --warmup 20 --schedule cosine --init-std 0.02 \
+        --eval-every 1000 --log-every 50 --num-samples 0 --out "$out/nanogpt-$(echo $variant | tr -d ' -')" 2>&1 \
+        | tee -a "$out/nanogpt.txt" | grep -E "step|error|Error"
+done
