@@ -193,7 +193,7 @@ class Trainer:
         if self.data.format == "lines":
             prompt, stop, length = [tok.bos], tok.bos, self.cfg.block_size
         else:
-            prompt, stop, length = tok.encode("\n") if "\n" in tok.stoi else [0], None, 4 * self.cfg.block_size
+            prompt, stop, length = tok.encode("\n") if "\n" in tok.stoi else [0], None, 300
         for _ in range(num_samples):
             out.append(tok.decode(generate(self.engine, prompt, self.rng, length, self.cfg.block_size,
                                            temperature, stop=stop)))
