@@ -104,7 +104,7 @@ def test_ctrl_c_under_torchrun_saves_and_resume_is_exact(tmp_path):
     process.send_signal(signal.SIGINT)  # torchrun passes it to every rank; they agree on a step and save
     out = line + process.communicate(timeout=120)[0]
     assert "resume with: torchrun --nproc_per_node=2 -m microgpt train --resume parts" in out
-    resumed = train("--resume", "parts", nproc=2, cwd=tmp_path)
+    resumed = train("--resume", "parts", "--device", "cpu", nproc=2, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     a, _ = checkpoint.load(tmp_path / "whole" / "checkpoint.safetensors")
     b, meta = checkpoint.load(tmp_path / "parts" / "checkpoint.safetensors")
