@@ -76,6 +76,14 @@ def add_train_parser(commands):
     data.add_argument("--format", choices=FORMATS,
                       help="lines: one document per line; stream: one running text, trained on windows "
                            "(default: names are lines, shakespeare a stream, a file is detected and said)")
+    data.add_argument("--tokenizer", choices=("char", "bpe"),
+                      help="characters (the reference's) or byte-level BPE learned from the training data "
+                           "(default: char)")
+    data.add_argument("--vocab-size", type=whole_number(257), metavar="N",
+                      help="BPE: 256 bytes + merges + BOS (default: 512)")
+    data.add_argument("--bpe-split", choices=("words", "none"),
+                      help="BPE: learn merges within words, digits and symbols, or across the whole text "
+                           "(default: words)")
     model = p.add_argument_group("model")
     for flag, help_text in (("--n-layer", "transformer blocks"), ("--n-embd", "width of the residual stream"),
                             ("--n-head", "attention heads; must divide --n-embd"),
@@ -172,6 +180,40 @@ def run_sample(args):
     sample_command(args)
 
 
+def add_tokenize_parser(commands):
+    p = commands.add_parser(
+        "tokenize", help="show how a trained model's tokenizer cuts a text",
+        description="Print the tokens of TEXT under the tokenizer saved with a run (ids and what each "
+                    "stands for), and the bytes per token; --save writes the tokenizer as a text file.")
+    p.add_argument("--from", dest="source", required=True, metavar="DIR|FILE",
+                   help="a run directory or a checkpoint")
+    p.add_argument("text", nargs="?", default="", metavar="TEXT", help="the text to cut into tokens")
+    p.add_argument("--save", metavar="PATH", help="also write the tokenizer to PATH (a versioned text file)")
+    p.set_defaults(run=run_tokenize, command_parser=p)
+
+
+def run_tokenize(args):
+    from microgpt.loading import checkpoint_path, read
+    from microgpt.tokenizer import from_metadata
+
+    path = checkpoint_path(args.source)
+    tok = from_metadata(read(path)[1]["tokenizer"])
+    ids = tok.encode(args.text)
+    n_bytes = len(args.text.encode())
+    print(f"{path}: {tok.kind} tokenizer, vocab size {tok.vocab_size}; {len(ids)} tokens for {n_bytes} bytes"
+          + (f" ({n_bytes / len(ids):.2f} bytes per token)" if ids else ""))
+    for i in ids:
+        raw = tok.token_bytes(i)
+        try:
+            shown = repr(raw.decode())
+        except UnicodeDecodeError:  # part of a character: show the bytes
+            shown = repr(raw)
+        print(f"{i:6d}  {shown}")
+    if args.save:
+        tok.save(args.save)
+        print(f"saved the tokenizer to {args.save}")
+
+
 def add_bench_parser(commands):
     from microgpt.bench import CONFIGS
 
@@ -203,6 +245,7 @@ def build_parser():
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     add_train_parser(commands)
     add_sample_parser(commands)
+    add_tokenize_parser(commands)
     add_bench_parser(commands)
     return parser
 

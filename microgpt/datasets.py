@@ -16,7 +16,7 @@ import random
 
 from microgpt.atomic import NAMES_FILE
 from microgpt.errors import UserError
-from microgpt.tokenizer import CharTokenizer
+from microgpt.tokenizer import train_tokenizer
 
 DATA_DIR = os.path.dirname(NAMES_FILE)
 BUNDLED = {  # name -> (file, format)
@@ -59,12 +59,25 @@ def detect_format(text):
     return "lines", "one short item per line, no blank lines"
 
 
+def split_documents(data, text, rng):
+    """The documents of a lines-format text in the order of one seeded shuffle, as (training, held out):
+    the last 1000 (at most a tenth, at least one) are held out."""
+    docs = [line.strip() for line in text.split("\n") if line.strip()]
+    if len(docs) < 2:
+        raise UserError(f"--data {data} has {len(docs)} document; lines format needs at least 2 "
+                        "(one to train on, one held out); add lines or use --format stream")
+    rng.shuffle(docs)
+    held_out = min(MAX_HELD_OUT_DOCS, max(1, len(docs) // 10))
+    return docs[:-held_out], docs[-held_out:]
+
+
 class Dataset:
     """The tokenized training and held-out parts of one data set, in one format."""
 
-    def __init__(self, data, fmt, rng):
+    def __init__(self, data, fmt, rng, tokenizer=("char",)):
         """`data`: a bundled name or a path; `fmt`: 'lines', 'stream' or None (detect); `rng`: the
-        run's random.Random, which the lines format shuffles with (its first draw, as in the reference)."""
+        run's random.Random, which the lines format shuffles with (its first draw, as in the reference);
+        `tokenizer`: ("char",) or ("bpe", vocab_size, presplit), trained here on the data."""
         self.name = data
         self.path, text = read_text(data)
         self.sha256 = hashlib.sha256(text.encode()).hexdigest()
@@ -76,21 +89,18 @@ class Dataset:
             self.format_reason = "as asked"
         self.format = fmt
         if fmt == "lines":
-            docs = [line.strip() for line in text.split("\n") if line.strip()]
-            if len(docs) < 2:
-                raise UserError(f"--data {data} has {len(docs)} document; lines format needs at least 2 "
-                                "(one to train on, one held out); add lines or use --format stream")
-            rng.shuffle(docs)
-            self.tokenizer = CharTokenizer.train(docs)
-            held_out = min(MAX_HELD_OUT_DOCS, max(1, len(docs) // 10))
-            encoded = [self._bracket(doc) for doc in docs]
-            self.train, self.held_out = encoded[:-held_out], encoded[-held_out:]
-            self.train_docs = set(docs[:-held_out])  # to tell a sample that copies one
+            train_docs, held_docs = split_documents(data, text, rng)
+            # characters must cover the held-out documents too; BPE (bytes cover everything) learns its
+            # merges from the training documents alone
+            self.tokenizer = train_tokenizer(tokenizer, train_docs + held_docs if tokenizer[0] == "char"
+                                             else train_docs)
+            self.train = [self._bracket(doc) for doc in train_docs]
+            self.held_out = [self._bracket(doc) for doc in held_docs]
+            self.train_docs = set(train_docs)  # to tell a sample that copies one
         else:
-            self.tokenizer = CharTokenizer.train([text])
-            ids = self.tokenizer.encode(text)
-            cut = len(ids) - len(ids) // 10
-            self.train, self.held_out = ids[:cut], ids[cut:]
+            cut = len(text) - len(text) // 10  # the last tenth of the characters is held out
+            self.tokenizer = train_tokenizer(tokenizer, [text] if tokenizer[0] == "char" else [text[:cut]])
+            self.train, self.held_out = self.tokenizer.encode(text[:cut]), self.tokenizer.encode(text[cut:])
             self.train_docs = set()
 
     def _bracket(self, doc):

@@ -10,7 +10,7 @@ import math
 import random
 import sys
 
-from microgpt.datasets import Dataset
+from microgpt.datasets import read_text, split_documents
 from microgpt.errors import UserError
 from microgpt.loading import open_model
 
@@ -41,6 +41,11 @@ def pick(logits, rng, temperature, top_k=0, top_p=1.0):
                 break
         probs = [p if i in keep else 0.0 for i, p in enumerate(probs)]
     return rng.choices(range(len(probs)), weights=probs)[0]
+
+
+def stream_start(tok):
+    """What a sample of running text starts from without a prompt: a newline, as a fresh line would."""
+    return [0] if tok.unknown("\n") else tok.encode("\n")
 
 
 def generate(engine, prompt, rng, max_new_tokens, block_size, temperature=1.0, top_k=0, top_p=1.0, stop=None):
@@ -74,7 +79,7 @@ def sample_command(args):
     if documents:
         context, stop = [tok.bos, *prompt], tok.bos
     else:
-        context, stop = prompt or tok.encode("\n" if "\n" in tok.stoi else tok.chars[0]), None
+        context, stop = prompt or stream_start(tok), None
     if len(context) > block_size:
         raise UserError(f"the prompt is {len(prompt)} tokens; this model sees at most {block_size} "
                         f"{'(BOS included)' if documents else ''}; shorten it")
@@ -82,8 +87,8 @@ def sample_command(args):
     training_docs = set()
     if documents:
         try:
-            data = Dataset(settings["data"], settings["format"], random.Random(settings["train"]["seed"]))
-            training_docs = data.train_docs
+            text = read_text(settings["data"])[1]
+            training_docs = set(split_documents(settings["data"], text, random.Random(settings["train"]["seed"]))[0])
         except UserError:
             pass  # the data is gone: samples cannot be compared with it, which the header says
     w = sys.stdout

@@ -22,7 +22,7 @@ from microgpt.datasets import Dataset
 from microgpt.errors import UserError
 from microgpt.loading import check_shapes, read
 from microgpt.progress import Progress
-from microgpt.sampling import generate
+from microgpt.sampling import generate, stream_start
 from microgpt.schedule import learning_rate
 
 EVAL_BATCH = 64  # held-out sequences per forward pass
@@ -37,6 +37,9 @@ class RunSettings:
     model: dict = field(default_factory=lambda: dict(n_layer=1, n_embd=16, n_head=4, block_size=16))
     train: TrainConfig = field(default_factory=TrainConfig)
     dtype: str = "float64"
+    tokenizer: str = "char"  # char | bpe
+    vocab_size: int = 512  # for bpe: 256 bytes + merges + BOS
+    presplit: bool = True  # for bpe: no merge across words (microgpt/bpe.py)
     engine: str = None  # None: the fastest installed
     engine_options: dict = field(default_factory=dict)  # the torch engine's device, attention, compile
     eval_every: int = 100
@@ -46,7 +49,11 @@ class RunSettings:
     def fixed(self):
         """The settings a resumed run must share with the run it continues, as plain data."""
         return {"data": self.data, "format": self.format, "model": self.model, "train": asdict(self.train),
-                "dtype": self.dtype}
+                "dtype": self.dtype, "tokenizer": self.tokenizer, "vocab_size": self.vocab_size,
+                "presplit": self.presplit}
+
+    def tokenizer_spec(self):
+        return ("char",) if self.tokenizer == "char" else ("bpe", self.vocab_size, self.presplit)
 
 
 class Trainer:
@@ -54,7 +61,7 @@ class Trainer:
         self.settings, self.out_dir, self.stream = settings, out_dir, stream
         tc = settings.train
         self.rng = random.Random(tc.seed)  # the reference's one stream: shuffle, weights, samples
-        self.data = Dataset(settings.data, settings.format, self.rng)
+        self.data = Dataset(settings.data, settings.format, self.rng, settings.tokenizer_spec())
         self.data.check(settings.model["block_size"])
         self.cfg = atomic.GPTConfig(vocab_size=self.data.tokenizer.vocab_size, **settings.model)
         weights = atomic.init_weights(self.cfg, self.rng, tc.init_std)
@@ -193,7 +200,7 @@ class Trainer:
         if self.data.format == "lines":
             prompt, stop, length = [tok.bos], tok.bos, self.cfg.block_size
         else:
-            prompt, stop, length = tok.encode("\n") if "\n" in tok.stoi else [0], None, 300
+            prompt, stop, length = stream_start(tok), None, 300
         for _ in range(num_samples):
             out.append(tok.decode(generate(self.engine, prompt, self.rng, length, self.cfg.block_size,
                                            temperature, stop=stop)))
@@ -239,6 +246,13 @@ def check_launch(settings):
                         f"to do; use a batch of at least {world}")
 
 
+def tokenizer_options(args):
+    options = given(args, ("tokenizer", "vocab_size"))
+    if args.bpe_split:
+        options["presplit"] = args.bpe_split == "words"
+    return options
+
+
 def settings_from_args(args):
     """A preset (the reference unless --preset) with every option the user gave laid over it."""
     preset = PRESETS[args.preset or "reference"]
@@ -246,8 +260,10 @@ def settings_from_args(args):
     settings = RunSettings(data=args.data or preset["data"], format=args.format, model=model,
                            train=replace(preset["train"], **given(args, TRAIN_FIELDS)),
                            dtype=args.dtype or preset.get("dtype", "float64"), engine=args.engine,
-                           engine_options=engine_options(args),
+                           engine_options=engine_options(args), **tokenizer_options(args),
                            eval_every=args.eval_every or preset["eval_every"], log_every=args.log_every)
+    if (args.vocab_size or args.bpe_split) and settings.tokenizer != "bpe":
+        raise UserError("--vocab-size and --bpe-split are options of the BPE tokenizer; add --tokenizer bpe")
     if model["n_embd"] % model["n_head"]:
         raise UserError(f"--n-embd {model['n_embd']} is not divisible by --n-head {model['n_head']}; "
                         "choose n_embd = n_head * head_dim")
@@ -262,11 +278,13 @@ def resume_settings(args):
     tensors, meta = read(os.path.join(args.resume, "checkpoint.safetensors"))
     saved = meta["settings"]
     settings = RunSettings(data=saved["data"], format=saved["format"], model=saved["model"],
-                           train=TrainConfig(**saved["train"]), dtype=saved["dtype"],
+                           train=TrainConfig(**saved["train"]), dtype=saved["dtype"], tokenizer=saved["tokenizer"],
+                           vocab_size=saved["vocab_size"], presplit=saved["presplit"],
                            engine=args.engine or meta["engine"],  # by default, the engine it was trained on
                            engine_options=engine_options(args),
                            eval_every=args.eval_every or meta["eval_every"], log_every=args.log_every)
-    asked = {**given(args, ("data", "format", "dtype")), **given(args, MODEL_FIELDS), **given(args, TRAIN_FIELDS)}
+    asked = {**given(args, ("data", "format", "dtype")), **tokenizer_options(args), **given(args, MODEL_FIELDS),
+             **given(args, TRAIN_FIELDS)}
     have = {**saved, **saved["model"], **saved["train"]}
     conflicts = [f"--{key.replace('_', '-')} {value} (the run has {have[key]})"
                  for key, value in asked.items() if value != have[key]]
