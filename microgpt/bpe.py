@@ -24,7 +24,7 @@ from collections import defaultdict
 
 from microgpt.errors import UserError
 
-PATTERN = r"'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d+| ?[^\s\w]+|\s+(?!\S)|\s+"
+PATTERN = r"'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+"
 FORMAT = "microgpt bpe v1"
 
 
