@@ -5,7 +5,7 @@ import re
 import pytest
 from conftest import ATOMIC
 
-COMMANDS = [[], ["train"], ["sample"], ["bench"]]
+COMMANDS = [[], ["train"], ["sample"], ["tokenize"], ["bench"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "top")
