@@ -33,12 +33,14 @@ PRESETS = {
         "train": TrainConfig(),
         "eval_every": 100,
     },
-    "names": {  # held-out loss <= 1.92 in under 10 minutes here (README)
+    "names": {  # held-out loss 1.93 in under 6 minutes here (README; the target was 1.92)
         "data": "names",
-        "model": dict(n_layer=4, n_embd=64, n_head=4, block_size=16),
-        "train": TrainConfig(steps=6000, batch_size=32, lr=3e-3, schedule="cosine", warmup=200,
-                             min_lr_ratio=0.05, weight_decay=0.1, grad_clip=1.0, beta1=0.9, beta2=0.99),
-        "eval_every": 500,
+        "model": dict(n_layer=4, n_embd=96, n_head=4, block_size=16),
+        "train": TrainConfig(steps=5000, batch_size=64, lr=2e-3, schedule="cosine", warmup=200,
+                             min_lr_ratio=0.05, weight_decay=0.2, grad_clip=1.0, beta1=0.9, beta2=0.99,
+                             init_std=0.065),
+        "eval_every": 1000,
+        "dtype": "float32",
     },
     "shakespeare": {  # held-out loss <= 1.88 in under 2 min 12 s here (README)
         "data": "shakespeare",
