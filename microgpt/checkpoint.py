@@ -78,8 +78,11 @@ def load(path):
         path = os.path.join(path, "checkpoint.safetensors")
     if not os.path.exists(path):
         raise UserError(f"no checkpoint at {path}; give a run directory (--out of train) or a .safetensors file")
-    with open(path, "rb") as f:
-        data = f.read()
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}; check the path and its permissions") from None
     problem = f"{path} is not a microgpt checkpoint"
     if len(data) < 9 or data[8:9] != b"{":  # every safetensors header is a JSON object
         raise UserError(f"{problem} (no safetensors header); give the file that train wrote")
@@ -93,6 +96,8 @@ def load(path):
             raise ValueError
     except (ValueError, KeyError, AttributeError, TypeError):
         raise UserError(f"{problem} (no microgpt header); give the file that train wrote") from None
+    if not str(meta.get("version", "")).isdigit():
+        raise UserError(f"{problem} (no format version); give the file that train wrote")
     if int(meta["version"]) > VERSION:
         raise UserError(f"{path} has checkpoint format version {meta['version']}, newer than this microgpt "
                         f"reads ({VERSION}); upgrade microgpt")
@@ -100,6 +105,8 @@ def load(path):
     tensors = {}
     for name, info in header.items():
         start, end = info["data_offsets"]
+        if info["dtype"] not in DTYPES:
+            raise UserError(f"{path} holds {name} as {info['dtype']}; microgpt reads F64 and F32 checkpoints")
         if end > len(body):
             raise UserError(f"{path} is truncated (tensor {name} cut short); use an intact checkpoint")
         tensors[name] = (tuple(info["shape"]), from_bytes(body[start:end], info["dtype"]))

@@ -210,7 +210,10 @@ def run_tokenize(args):
             shown = repr(raw)
         print(f"{i:6d}  {shown}")
     if args.save:
-        tok.save(args.save)
+        try:
+            tok.save(args.save)
+        except OSError as e:
+            raise UserError(f"cannot write {args.save}: {e.strerror}; choose another --save path") from None
         print(f"saved the tokenizer to {args.save}")
 
 

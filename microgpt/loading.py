@@ -17,7 +17,7 @@ def checkpoint_path(source, which="best"):
 
 
 REQUIRED = ("settings", "vocab_size", "tokenizer", "data_format", "data_sha256", "step", "best_held_out", "smoothed",
-            "rng", "eval_every")
+            "rng", "eval_every", "engine", "engine_options")
 
 
 def read(path):
@@ -48,5 +48,6 @@ def open_model(source, engine_name=None, which="best"):
     weights = {name: [list(tensors[name][1][r * cols:(r + 1) * cols]) for r in range(rows)]
                for name, (rows, cols) in atomic.param_shapes(cfg).items()}
     name = engine_name or engines.fastest()
-    dtype = meta["settings"]["dtype"] if name == "numpy" else "float64"
+    # the run's dtype where this engine has it (float32 on numpy), else float64, which every engine has
+    dtype = meta["settings"]["dtype"] if meta["settings"]["dtype"] in engines.dtypes(name) else "float64"
     return engines.create(name, cfg, weights, dtype), from_metadata(meta["tokenizer"]), meta, path

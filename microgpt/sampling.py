@@ -24,8 +24,9 @@ def softmax(logits, temperature):  # (V,) floats -> (V,) probabilities
 
 
 def pick(logits, rng, temperature, top_k=0, top_p=1.0):
-    """One token id drawn from the logits (V,) of the next position."""
-    if temperature == 0:
+    """One token id drawn from the logits (V,) of the next position. A temperature below 1e-4 is taken
+    as 0: dividing logits by less overflows a float, and the distribution is a spike anyway."""
+    if temperature < 1e-4:
         return max(range(len(logits)), key=logits.__getitem__)  # greedy: the first of the most likely
     probs = softmax(logits, temperature)
     if top_k and top_k < len(probs):

@@ -7,6 +7,7 @@ A run directory holds:
   best.safetensors         the state with the lowest held-out loss so far
   log.jsonl                one JSON object per logged step and per evaluation
 """
+import hashlib
 import json
 import math
 import os
@@ -18,7 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from microgpt import atomic, checkpoint, engines
 from microgpt.config import MODEL_FIELDS, PRESETS, TRAIN_FIELDS, TrainConfig
-from microgpt.datasets import Dataset
+from microgpt.datasets import Dataset, read_text
 from microgpt.errors import UserError
 from microgpt.loading import check_shapes, read
 from microgpt.progress import Progress
@@ -102,7 +103,8 @@ class Trainer:
                     "tokenizer": self.data.tokenizer.to_metadata(), "data_sha256": self.data.sha256,
                     "data_format": self.data.format,
                     "step": self.step, "best_held_out": self.best, "smoothed": self.smoothed,
-                    "rng": self.rng.getstate(), "engine": self.engine.name, "eval_every": self.settings.eval_every}
+                    "rng": self.rng.getstate(), "engine": self.engine.name, "eval_every": self.settings.eval_every,
+                    "engine_options": self.settings.engine_options}
         checkpoint.save(path, tensors, metadata, dtype="F32" if self.settings.dtype == "float32" else "F64")
         if name == "checkpoint.safetensors":
             self.last_saved_step = self.step
@@ -139,8 +141,9 @@ class Trainer:
                 self._step(progress)
         finally:
             signal.signal(signal.SIGINT, previous)
-        path = self.save()
-        if self.stop_requested:
+        path = os.path.join(self.out_dir, "checkpoint.safetensors")
+        if self.stop_requested:  # (a finished run saved at its final evaluation)
+            self.save()
             world = int(os.environ.get("WORLD_SIZE", "1"))
             launcher = f"torchrun --nproc_per_node={world}" if world > 1 else "python"
             w.write(f"interrupted after step {self.step}; saved {path}\n"
@@ -275,17 +278,23 @@ def settings_from_args(args):
 
 def resume_settings(args):
     """The settings and state saved in --resume DIR; an option that would change them is an error."""
+    if args.out:
+        raise UserError(f"--resume {args.resume} continues in its own directory; drop --out {args.out}")
     tensors, meta = read(os.path.join(args.resume, "checkpoint.safetensors"))
     saved = meta["settings"]
+    if hashlib.sha256(read_text(saved["data"])[1].encode()).hexdigest() != meta["data_sha256"]:
+        raise UserError(f"--data {saved['data']} has changed since this run started (its checksum differs); "
+                        "restore the original file, or start a new run")
     settings = RunSettings(data=saved["data"], format=saved["format"], model=saved["model"],
                            train=TrainConfig(**saved["train"]), dtype=saved["dtype"], tokenizer=saved["tokenizer"],
                            vocab_size=saved["vocab_size"], presplit=saved["presplit"],
                            engine=args.engine or meta["engine"],  # by default, the engine it was trained on
-                           engine_options=engine_options(args),
+                           engine_options={**meta["engine_options"], **given(args, ("device", "attention")),
+                                           "compile": args.compile or meta["engine_options"]["compile"]},
                            eval_every=args.eval_every or meta["eval_every"], log_every=args.log_every)
     asked = {**given(args, ("data", "format", "dtype")), **tokenizer_options(args), **given(args, MODEL_FIELDS),
              **given(args, TRAIN_FIELDS)}
-    have = {**saved, **saved["model"], **saved["train"]}
+    have = {**saved, "format": meta["data_format"], **saved["model"], **saved["train"]}
     conflicts = [f"--{key.replace('_', '-')} {value} (the run has {have[key]})"
                  for key, value in asked.items() if value != have[key]]
     if args.preset:
@@ -319,9 +328,6 @@ def train_command(args):
         out_dir = choose_out_dir(args, settings)
     check_launch(settings)
     trainer = Trainer(settings, out_dir, resume_from=state)
-    if state and state[1]["data_sha256"] != trainer.data.sha256:
-        raise UserError(f"--data {settings.data} has changed since this run started (its checksum differs); "
-                        "restore the original file, or start a new run")
     w, cfg, tc = trainer.stream, trainer.cfg, settings.train
     n_params = sum(rows * cols for rows, cols in atomic.param_shapes(cfg).values())
     w.write(f"data: {trainer.data.describe()}\n"

@@ -127,3 +127,20 @@ def test_unusable_checkpoints(run, tmp_path, case):
     damage, message = CHECKPOINTS[case]
     path = damaged_copy(run, tmp_path, damage)
     assert_one_line_error(cli("sample", "--from", path, cwd=tmp_path), message)
+
+
+def test_resume_refuses_data_that_changed(tmp_path):
+    (tmp_path / "words.txt").write_text("anna\nbob\nclara\ndave\n")
+    assert cli("train", "--data", "words.txt", "--steps", 4, "--out", "run", cwd=tmp_path).returncode == 0
+    (tmp_path / "words.txt").write_text("anna\nbob\nclara\ndave\nzed\n")
+    assert_one_line_error(cli("train", "--resume", "run", cwd=tmp_path), "has changed since this run started")
+
+
+def test_resume_keeps_its_directory(run):
+    assert_one_line_error(cli("train", "--resume", run, "--out", "elsewhere", cwd=run.parent),
+                          "continues in its own directory")
+
+
+def test_tokenize_save_to_nowhere(run):
+    assert_one_line_error(cli("tokenize", "--from", run, "ab", "--save", "/no/such/dir/t.txt", cwd=run.parent),
+                          "cannot write /no/such/dir/t.txt")

@@ -136,3 +136,12 @@ def test_presets_run(tmp_path):
         result = cli("train", "--preset", preset, "--steps", 2, "--warmup", 1, "--eval-every", 2,
                      "--num-samples", 0, "--out", preset, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
+
+
+def test_a_float32_run_samples_on_every_engine(tmp_path):
+    assert cli("train", "--dtype", "float32", "--engine", "numpy", "--steps", 50, "--out", "run",
+               "--num-samples", 0, cwd=tmp_path).returncode == 0
+    outputs = [cli("sample", "--from", "run", "--engine", engine, "--temperature", 0, "--num-samples", 1,
+                   cwd=tmp_path) for engine in ("python", "numpy")]
+    assert all(out.returncode == 0 for out in outputs), [out.stderr for out in outputs]
+    assert outputs[0].stdout.splitlines()[1] == outputs[1].stdout.splitlines()[1]  # float32 weights, same argmax

@@ -1,10 +1,14 @@
 """Engines: the same model, loss, gradients and Adam step, computed at different speeds.
 
-Every engine is one file with a class `Engine(cfg, weights)` that offers the same calls:
+Every engine is one file with a class `Engine(cfg, weights, dtype="float64", ...)`, its `dtypes`, and the
+same calls:
   state_dict(), grad_dict()   weights and last gradients as {name: list of rows of floats}
   new_cache(), forward(tokens, cache) -> logits (T, V) as lists, continuing after the cached positions
-  loss_and_grads(batch) -> mean loss over every predicted token of a batch of token lists
-  adam_step(step, lr_t)       one Adam update, in the reference's expression order
+  loss(batch), loss_and_grads(batch) -> the mean loss over every predicted token of a batch of token
+                              lists (the second also fills the gradients)
+  clip_grads(max_norm) -> the global gradient norm before clipping
+  adam_step(step, lr_t, beta1, beta2, eps, weight_decay)   one AdamW update, in the reference's order
+  export_state(), load_state(state)   weights and Adam's moments as {name: flat floats} (checkpoints)
 All start from the same weights (atomic.init_weights) and compute the same numbers, to rounding:
 tests/test_engines.py holds each to the scalar reference."""
 import importlib
@@ -30,6 +34,11 @@ def fastest():
         if torch.cuda.is_available():
             return "torch"
     return "numpy" if "numpy" in names else "python"
+
+
+def dtypes(name):
+    """The dtypes engine `name` computes in (float64 first)."""
+    return importlib.import_module(f"microgpt.engines.{name}").Engine.dtypes if name in installed() else ("float64",)
 
 
 def create(name, cfg, weights, dtype="float64", **options):

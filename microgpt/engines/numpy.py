@@ -5,7 +5,7 @@ microgpt/engines/python.py computes, with whole arrays instead of loops: lay the
 Documents of a batch are padded to one length T and the loss ignores the padding; attention is causal,
 so real tokens never see the padding and it receives no gradient. All weights live in one flat array
 (and so do their gradients and Adam's moments): a matrix is a view into it, and Adam is a few whole-array
-operations. float64 throughout, so the numbers agree with the atomic file to rounding.
+operations. float64 by default, so the numbers agree with the atomic file to rounding (float32 on request).
 
 Shapes: B = documents in the batch, T = tokens per document (padded), C = n_embd, H = n_head,
 D = head_dim = C // H, V = vocab_size, P = number of parameters.

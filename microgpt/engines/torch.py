@@ -128,6 +128,10 @@ class Engine:
     def __init__(self, cfg, weights, dtype="float64", device=None, attention="manual", compile=False):
         self.cfg, self.shapes = cfg, param_shapes(cfg)
         self.device = torch.device(device or default_device())
+        distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if distributed and self.device.type == "cuda":  # each process its own GPU, before anything is on one
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(self.device)
         # bfloat16 trains float32 weights under autocast (CUDA); the others are the weights' own dtype
         self.autocast = dtype == "bfloat16"
         self.dtype = torch.float32 if self.autocast else DTYPES[dtype]
@@ -141,7 +145,7 @@ class Engine:
         self.pad_to_block = compile  # one shape for every batch, so torch.compile compiles once
         self.forward_module = torch.compile(self.model) if compile else self.model
         self.rank, self.world = 0, 1
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if distributed:
             self._join_process_group()
 
     def _join_process_group(self):
@@ -152,10 +156,6 @@ class Engine:
         if not dist.is_initialized():
             dist.init_process_group(backend)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
-        if self.device.type == "cuda":
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-            torch.cuda.set_device(self.device)
-            self.model.to(self.device)
         self.forward_module = DistributedDataParallel(self.forward_module, device_ids=None if
                                                       self.device.type == "cpu" else [self.device])
 
@@ -269,7 +269,8 @@ class Engine:
         name = torch.cuda.get_device_name(self.device)
         dtype = "bfloat16" if self.autocast else str(self.dtype).replace("torch.", "")
         peak = next((flops for (gpu, kind), flops in PEAK_FLOPS.items() if gpu in name and kind == dtype), None)
-        return tokens_per_second * flops_per_token(self.cfg) * self.world / peak if peak else None
+        # tokens_per_second counts the whole (global) batch, which all the ranks' GPUs share
+        return tokens_per_second * flops_per_token(self.cfg) / (peak * self.world) if peak else None
 
     def should_stop(self, requested):
         """Whether any rank asks to stop (Ctrl-C reaches them at different steps): all stop together."""
