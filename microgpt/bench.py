@@ -7,6 +7,7 @@ round every engine trains on the same documents of the reference run; a fast eng
 engine also runs there, in a worker process that takes its turn in each round (after a warm-up, so the
 figure is the JIT's steady state). Ratios are to the scalar engine: the atomic file on CPython.
 """
+import gc
 import json
 import os
 import platform
@@ -135,6 +136,11 @@ def bench(config_names, rounds, min_time, use_pypy=True, stream=sys.stdout):
         pypy_runner = PyPyRunner(pypy, config_name, docs[:per_round]) if pypy else None
         if pypy_runner:
             runners.insert(2, pypy_runner)  # after CPython's python engine
+        # Move everything alive now (the engines, and whatever torch and numpy import) out of the garbage
+        # collector's sight: a full collection walks every tracked object, so the scalar engine, which makes
+        # garbage by the million, would otherwise run slower merely because torch is loaded.
+        gc.collect()
+        gc.freeze()
         seconds_per_step = {runner.label: [] for runner in runners}
         tokens_per_step = {}
         for r in range(rounds):
@@ -146,6 +152,7 @@ def bench(config_names, rounds, min_time, use_pypy=True, stream=sys.stdout):
                 tokens_per_step.setdefault(runner.label, []).append(tokens / len(round_docs))
         if pypy_runner:
             pypy_runner.close()
+        gc.unfreeze()
         medians = {label: statistics.median(times) for label, times in seconds_per_step.items()}
         results[config_name] = medians
         n_params = sum(rows * cols for rows, cols in atomic.param_shapes(cfg).values())
