@@ -217,6 +217,30 @@ def run_tokenize(args):
         print(f"saved the tokenizer to {args.save}")
 
 
+def add_inspection_parsers(commands):
+    from microgpt import trace
+
+    for name, help_text, description, run in (
+            ("trace", "print every intermediate value of one forward pass",
+             "One forward pass over a prompt, printing every intermediate in order, named the same on "
+             "every engine, with shapes and values (rounded, wide rows cut).", trace.trace_command),
+            ("attention", "draw each head's attention weights as a heat map",
+             "Per layer and head, the attention weights of one forward pass over a prompt: rows are "
+             "query positions, columns the key positions, darker is more weight.", trace.attention_command)):
+        p = commands.add_parser(name, help=help_text, description=description)
+        p.add_argument("--prompt", default="", metavar="TEXT",
+                       help="the text to look at (documents: it follows BOS; default: BOS alone)")
+        p.add_argument("--from", dest="source", metavar="DIR|FILE",
+                       help="a run directory or a checkpoint (default: a fresh model, the reference's "
+                            "initialisation on names)")
+        p.add_argument("--engine", choices=ENGINES, help="(default: the fastest installed)")
+        if name == "trace":
+            p.add_argument("--json", action="store_true", help="one JSON object instead of text")
+            p.add_argument("--columns", type=whole_number(1), default=8, metavar="N",
+                           help="values shown per row (default: 8)")
+        p.set_defaults(run=run, command_parser=p)
+
+
 def add_bench_parser(commands):
     from microgpt.bench import CONFIGS
 
@@ -249,6 +273,7 @@ def build_parser():
     add_train_parser(commands)
     add_sample_parser(commands)
     add_tokenize_parser(commands)
+    add_inspection_parsers(commands)
     add_bench_parser(commands)
     return parser
 

@@ -256,3 +256,24 @@ class Engine:
         for prefix, flat in (("", self.p), ("adam.m.", self.m), ("adam.v.", self.v)):
             flat[:] = np.concatenate([np.asarray(state[prefix + name], dtype=self.dtype)
                                       for name in self.shapes])
+
+    def trace(self, tokens):
+        """Every intermediate of one forward pass over `tokens` (T,), under the names every engine uses
+        (microgpt/trace.py lists them), as lists of floats: rows are positions."""
+        cfg, P, tape = self.cfg, self.params, {}
+        logits = self._forward(np.array([tokens]), np.arange(len(tokens)), tape=tape)[0]
+        record = {"embedding": tape["x0"][0]}
+        for li, (x, xn, _s1, q, k, v, out, att, x_mid, xn2, _s2, h, act) in enumerate(tape["layers"]):
+            L = f"layer{li}."
+            if li == 0:
+                record["embedding.norm"] = x[0]
+            D = cfg.n_embd // cfg.n_head
+            scores = (split_heads(q, cfg.n_head) @ split_heads(k, cfg.n_head).transpose(0, 1, 3, 2) * (D**0.5) ** -1)[0]
+            record.update({L + "attn.norm": xn[0], L + "attn.q": q[0], L + "attn.k": k[0], L + "attn.v": v[0],
+                           L + "attn.scores": scores, L + "attn.weights": att[0], L + "attn.heads": out[0],
+                           L + "attn.proj": linear_forward(out, P[L + "attn_wo"])[0], L + "attn.residual": x_mid[0],
+                           L + "mlp.norm": xn2[0], L + "mlp.fc1": h[0], L + "mlp.relu": act[0],
+                           L + "mlp.fc2": linear_forward(act, P[L + "mlp_fc2"])[0]})
+            record[L + "mlp.residual"] = (tape["layers"][li + 1][0] if li + 1 < cfg.n_layer else tape["x"])[0]
+        record["logits"], record["probs"] = logits, softmax(logits)
+        return {name: value.tolist() for name, value in record.items()}  # scores above the diagonal: unused

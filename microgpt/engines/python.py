@@ -336,3 +336,27 @@ class Engine:
         self.p, self.m, self.v = ([float(x) for name in self.shapes for x in state[prefix + name]]
                                   for prefix in ("", "adam.m.", "adam.v."))
         self.params = unflatten(self.p, self.shapes)
+
+    def trace(self, tokens):
+        """Every intermediate of one forward pass over `tokens` (T,), under the names every engine uses
+        (microgpt/trace.py lists them), as lists of floats: rows are positions."""
+        cfg, P, tape = self.cfg, self.params, {}
+        logits = self._forward([tokens], [self.new_cache()], tape)[0]
+        T, H, D = len(tokens), cfg.n_head, cfg.n_embd // cfg.n_head
+        record = {"embedding": tape["x0"]}
+        for li, (x, xn, _s1, q, k, v, out, atts, x_mid, xn2, _s2, h, act) in enumerate(tape["layers"]):
+            L = f"layer{li}."
+            if li == 0:
+                record["embedding.norm"] = x
+            scores = [[[sum(map(mul, q[i][hd * D:(hd + 1) * D], k[t][hd * D:(hd + 1) * D])) * (D**0.5) ** -1
+                        if t <= i else None for t in range(T)] for i in range(T)] for hd in range(H)]
+            weights = [[w + [0.0] * (T - len(w)) for w in att_h] for att_h in atts[0]]  # (H, T, T)
+            record.update({L + "attn.norm": xn, L + "attn.q": q, L + "attn.k": k, L + "attn.v": v,
+                           L + "attn.scores": scores, L + "attn.weights": weights, L + "attn.heads": out,
+                           L + "attn.proj": linear_forward(out, P[L + "attn_wo"]), L + "attn.residual": x_mid,
+                           L + "mlp.norm": xn2, L + "mlp.fc1": h, L + "mlp.relu": act,
+                           L + "mlp.fc2": linear_forward(act, P[L + "mlp_fc2"])})
+            record[L + "mlp.residual"] = tape["layers"][li + 1][0] if li + 1 < cfg.n_layer else tape["x"]
+        record["logits"] = logits
+        record["probs"] = [softmax(row) for row in logits]
+        return record

@@ -66,38 +66,63 @@ class GPT(nn.Module):
         for i in range(cfg.n_layer):
             self.add_module(f"layer{i}", Layer(C))  # parameters named layer0.attn_wq, ... as in the reference
 
-    def forward(self, tokens, cache=None):
+    def forward(self, tokens, cache=None, record=None):
         """Logits (B, T, V) for tokens (B, T) at the positions after those in `cache` (per layer, keys and
-        values (B, H, T', D), which this call extends), or from position 0 without one."""
+        values (B, H, T', D), which this call extends), or from position 0 without one. `record`, a dict,
+        receives every intermediate under the names microgpt/trace.py lists."""
         cfg, H = self.cfg, self.cfg.n_head
+        keep = record.__setitem__ if record is not None else lambda name, value: None
         T = tokens.shape[1]
         start = cache[0][0].shape[2] if cache and cache[0] else 0
         x = self.wte[tokens] + self.wpe[start:start + T]  # (B, T, C)
+        keep("embedding", x)
         x = rmsnorm(x)
+        keep("embedding.norm", x)
         for li in range(cfg.n_layer):
-            layer = getattr(self, f"layer{li}")
+            layer, L = getattr(self, f"layer{li}"), f"layer{li}."
             residual = x
             x = rmsnorm(x)
-            q, k, v = (split_heads(x @ w.T, H) for w in (layer.attn_wq, layer.attn_wk, layer.attn_wv))  # (B,H,T,D)
+            keep(L + "attn.norm", x)
+            q, k, v = (x @ w.T for w in (layer.attn_wq, layer.attn_wk, layer.attn_wv))  # (B, T, C) each
+            keep(L + "attn.q", q), keep(L + "attn.k", k), keep(L + "attn.v", v)
+            q, k, v = split_heads(q, H), split_heads(k, H), split_heads(v, H)  # (B, H, T, D)
             if cache is not None:
                 if cache[li]:
                     k, v = torch.cat([cache[li][0], k], dim=2), torch.cat([cache[li][1], v], dim=2)
                 cache[li] = (k, v)
-            out = self.attend(q, k, v)  # (B, H, T, D)
-            x = merge_heads(out) @ layer.attn_wo.T + residual
+            out = self.attend(q, k, v, keep if record is not None else None, L)  # (B, H, T, D)
+            keep(L + "attn.heads", merge_heads(out))
+            x = merge_heads(out) @ layer.attn_wo.T
+            keep(L + "attn.proj", x)
+            x = x + residual
+            keep(L + "attn.residual", x)
             residual = x
             x = rmsnorm(x)
-            x = torch.relu(x @ layer.mlp_fc1.T) @ layer.mlp_fc2.T + residual  # (B, T, 4C) -> (B, T, C)
+            keep(L + "mlp.norm", x)
+            x = x @ layer.mlp_fc1.T  # (B, T, 4C)
+            keep(L + "mlp.fc1", x)
+            x = torch.relu(x)
+            keep(L + "mlp.relu", x)
+            x = x @ layer.mlp_fc2.T  # (B, T, C)
+            keep(L + "mlp.fc2", x)
+            x = x + residual
+            keep(L + "mlp.residual", x)
         return x @ self.lm_head.T  # (B, T, V)
 
-    def attend(self, q, k, v):
+    def attend(self, q, k, v, keep=None, L=""):
+        """(B, H, Tq, D) of causal attention; `keep(name, tensor)` records the scores and weights, which
+        the fused kernel never materialises, so recording always takes the path spelled out."""
         mask = causal_mask(q.shape[2], k.shape[2], q.device)
-        if self.attention == "sdpa":  # the fused kernel: the same mathematics, never materialising att
+        if self.attention == "sdpa" and keep is None:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** 0.5) ** -1  # (B, H, Tq, Tk)
         scores = scores.masked_fill(~mask, float("-inf"))
         e = torch.exp(scores - scores.amax(-1, keepdim=True))
-        return (e * e.sum(-1, keepdim=True) ** -1) @ v
+        att = e * e.sum(-1, keepdim=True) ** -1
+        if keep:
+            keep(L + "attn.scores", scores)
+            keep(L + "attn.weights", att)
+        return att @ v
 
 
 def split_heads(x, n_head):  # (B, T, C) -> (B, H, T, D)
@@ -261,6 +286,17 @@ class Engine:
         where = (f"cuda ({torch.cuda.get_device_name(self.device)})" if self.device.type == "cuda"
                  else f"{self.device.type}, {torch.get_num_threads()} threads")
         return f"{where}, {'bfloat16' if self.autocast else str(self.dtype).replace('torch.', '')}"
+
+    @torch.no_grad()
+    def trace(self, tokens):
+        """Every intermediate of one forward pass over `tokens` (T,), under the names every engine uses
+        (microgpt/trace.py lists them), as lists of floats: rows are positions."""
+        record = {}
+        with self._autocast():
+            logits = self.model(torch.tensor([tokens], device=self.device), record=record)
+        record["logits"] = logits
+        record["probs"] = torch.softmax(logits.double(), dim=-1)
+        return {name: value[0].double().cpu().tolist() for name, value in record.items()}
 
     def mfu(self, tokens_per_second):
         """Model FLOPs utilisation: the share of the GPU's peak that training achieves (None off a known GPU)."""
