@@ -241,6 +241,22 @@ def add_inspection_parsers(commands):
         p.set_defaults(run=run, command_parser=p)
 
 
+def add_check_parser(commands):
+    from microgpt.check import check_command
+
+    p = commands.add_parser(
+        "check", help="prove every engine computes the reference's numbers, here",
+        description="The scalar reference's gradient against finite differences, then every installed "
+                    "engine against the scalar reference from identical weights (logits, loss, every "
+                    "gradient tensor, 20 Adam steps), with tolerances; exit code 1 on any FAIL.")
+    p.add_argument("--from", dest="source", metavar="DIR|FILE",
+                   help="check a trained model (default: a fresh model of the reference's size)")
+    p.add_argument("--per-tensor", type=whole_number(1), default=4, metavar="N",
+                   help="weights per tensor checked by finite differences (default: 4)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="which weights and documents (default: 0)")
+    p.set_defaults(run=check_command, command_parser=p)
+
+
 def add_bench_parser(commands):
     from microgpt.bench import CONFIGS
 
@@ -274,6 +290,7 @@ def build_parser():
     add_sample_parser(commands)
     add_tokenize_parser(commands)
     add_inspection_parsers(commands)
+    add_check_parser(commands)
     add_bench_parser(commands)
     return parser
 
@@ -282,7 +299,7 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.run(args)
+        code = args.run(args)
     except UserError as e:
         sys.stderr.write(f"{parser.prog}: error: {e}\n")
         return e.exit_code
@@ -292,4 +309,4 @@ def main(argv=None):
     except BrokenPipeError:  # the reader went away (`... | head`): stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    return 0
+    return code or 0
