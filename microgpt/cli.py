@@ -131,6 +131,9 @@ def add_train_parser(commands):
                         help=f"held-out loss and a checkpoint every N steps (default: {ref['eval_every']})")
     output.add_argument("--log-every", type=whole_number(1), default=100, metavar="N",
                         help="a progress line and a log record every N steps (default: 100)")
+    output.add_argument("--health", action="store_true",
+                        help="print gradient norm, update/weight, activation RMS and dead ReLUs at each logged "
+                             "step (they are always in log.jsonl, and warnings always print)")
     output.add_argument("--out", metavar="DIR",
                         help="the run directory (default: runs/DATA, or runs/DATA-2, ... if taken)")
     output.add_argument("--resume", metavar="DIR",

@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 
-from microgpt import atomic, checkpoint, engines
+from microgpt import atomic, checkpoint, engines, health
 from microgpt.config import MODEL_FIELDS, PRESETS, TRAIN_FIELDS, TrainConfig
 from microgpt.datasets import Dataset, read_text
 from microgpt.errors import UserError
@@ -46,6 +46,7 @@ class RunSettings:
     eval_every: int = 100
     eval_windows: int = 256  # held-out windows of a stream at intermediate evaluations (all at the end)
     log_every: int = 100
+    health: bool = False  # print a health line at every logged step (it is always in the log)
 
     def fixed(self):
         """The settings a resumed run must share with the run it continues, as plain data."""
@@ -86,6 +87,7 @@ class Trainer:
             self.step, self.best, self.smoothed = meta["step"], meta["best_held_out"], meta["smoothed"]
             self.rng.setstate(to_state(meta["rng"]))
         self.interrupted = False  # set by Ctrl-C, at any moment
+        self.monitor = health.Monitor()
         self.stop_requested = False  # decided between steps (by every rank together, under torchrun)
         self.last_saved_step = self.step if resume_from else None
 
@@ -167,23 +169,53 @@ class Trainer:
     def _step(self, progress):
         s, tc = self.settings, self.settings.train
         started = time.perf_counter()
+        logged = (self.step + 1) % s.log_every == 0 or self.step + 1 == tc.steps
         batch = self.data.batch(self.step, tc.batch_size, self.cfg.block_size, tc.seed)
         loss = self.engine.loss_and_grads(batch)
         if not math.isfinite(loss):
-            raise TrainingDiverged(self.step + 1, loss, self.out_dir, self.last_saved_step)
+            raise TrainingDiverged(self.step + 1, loss, self.out_dir, self.last_saved_step, self._non_finite(batch))
+        snapshot_started = time.perf_counter()
+        snapshot = (self.engine.grad_dict(), self.engine.export_state()) if logged else None  # for health
+        snapshot_seconds = time.perf_counter() - snapshot_started
         grad_norm = self.engine.clip_grads(tc.grad_clip) if tc.grad_clip else None
         lr = learning_rate(self.step, tc)
         self.engine.adam_step(self.step, lr, tc.beta1, tc.beta2, tc.eps, tc.weight_decay)
         self.step += 1
-        seconds = time.perf_counter() - started
+        seconds = time.perf_counter() - started - snapshot_seconds
         tokens = sum(min(self.cfg.block_size, len(seq) - 1) for seq in batch)
         self.smoothed = loss if self.smoothed is None else 0.9 * self.smoothed + 0.1 * loss
         progress.update(self.step, loss, tokens, seconds)
-        if self.step % s.log_every == 0 or self.step == tc.steps:
+        if logged:
             self.log({"step": self.step, "train_loss": loss, "train_loss_smooth": self.smoothed, "lr": lr,
-                      "grad_norm": grad_norm, "ms_per_step": 1000 * seconds, "tokens_per_s": tokens / seconds})
+                      "grad_norm": grad_norm, "ms_per_step": 1000 * seconds, "tokens_per_s": tokens / seconds,
+                      "health": self._health(batch, *snapshot)})
         if self.step % s.eval_every == 0 or self.step == tc.steps:
             self._evaluate(final=self.step == tc.steps)
+
+    def _health(self, batch, grads, before):
+        """The health record of the step just taken (microgpt/health.py), its warnings printed."""
+        tensors = health.tensor_stats(before, self.engine.export_state(), grads)
+        total = math.sqrt(sum(t["grad_norm"] ** 2 for t in tensors.values()))
+        record = self.engine.trace(batch[0][:self.cfg.block_size]) if hasattr(self.engine, "trace") else None
+        layers = health.layer_stats(record, self.cfg.n_layer) if record else None
+        warnings = self.monitor.warnings(self.step, total, record, self.cfg.n_layer)
+        for line in warnings:
+            self.stream.write(line + "\n")
+        if self.settings.health:
+            worst = max(tensors, key=lambda name: tensors[name]["update_ratio"])
+            line = (f"  health: gradient norm {total:.3g}; largest update/weight "
+                    f"{tensors[worst]['update_ratio']:.2e} ({worst})")
+            if layers:
+                line += ("; per layer activation rms " + ", ".join(f"{x['activation_rms']:.2f}" for x in layers)
+                         + ", dead relu " + ", ".join(f"{x['dead_relu']:.0%}" for x in layers))
+            self.stream.write(line + "\n")
+        return {"grad_norm": total, "tensors": tensors, "layers": layers, "warnings": warnings}
+
+    def _non_finite(self, batch):
+        """Where the first value that is not finite appears in the forward pass of the batch's first sequence."""
+        if not hasattr(self.engine, "trace"):
+            return None
+        return health.first_non_finite(self.engine.trace(batch[0][:self.cfg.block_size]))
 
     def _evaluate(self, final):
         held_out = self.held_out_loss(final)
@@ -213,11 +245,12 @@ class Trainer:
 class TrainingDiverged(UserError):
     exit_code = 1  # not a mistake in the command: the run itself went wrong
 
-    def __init__(self, step, loss, out_dir, saved_step):
+    def __init__(self, step, loss, out_dir, saved_step, where=None):
         saved = os.path.join(out_dir, "checkpoint.safetensors")
         kept = f"the last good checkpoint is {saved} (step {saved_step})" if saved_step is not None \
             else "no checkpoint was saved yet"
-        super().__init__(f"training diverged: the loss is {loss} at step {step}; {kept}; "
+        first = f" (it first appears in {where})" if where else ""
+        super().__init__(f"training diverged: the loss is {loss} at step {step}{first}; {kept}; "
                          "lower --lr, add --warmup or set --grad-clip 1")
 
 
@@ -264,7 +297,8 @@ def settings_from_args(args):
                            train=replace(preset["train"], **given(args, TRAIN_FIELDS)),
                            dtype=args.dtype or preset.get("dtype", "float64"), engine=args.engine,
                            engine_options=engine_options(args), **tokenizer_options(args),
-                           eval_every=args.eval_every or preset["eval_every"], log_every=args.log_every)
+                           eval_every=args.eval_every or preset["eval_every"], log_every=args.log_every,
+                           health=args.health)
     if (args.vocab_size or args.bpe_split) and settings.tokenizer != "bpe":
         raise UserError("--vocab-size and --bpe-split are options of the BPE tokenizer; add --tokenizer bpe")
     if model["n_embd"] % model["n_head"]:
@@ -291,7 +325,8 @@ def resume_settings(args):
                            engine=args.engine or meta["engine"],  # by default, the engine it was trained on
                            engine_options={**meta["engine_options"], **given(args, ("device", "attention")),
                                            "compile": args.compile or meta["engine_options"]["compile"]},
-                           eval_every=args.eval_every or meta["eval_every"], log_every=args.log_every)
+                           eval_every=args.eval_every or meta["eval_every"], log_every=args.log_every,
+                           health=args.health)
     asked = {**given(args, ("data", "format", "dtype")), **tokenizer_options(args), **given(args, MODEL_FIELDS),
              **given(args, TRAIN_FIELDS)}
     have = {**saved, "format": meta["data_format"], **saved["model"], **saved["train"]}
