@@ -260,6 +260,20 @@ def add_check_parser(commands):
     p.set_defaults(run=check_command, command_parser=p)
 
 
+def add_report_parser(commands):
+    from microgpt.report import report_command
+
+    p = commands.add_parser(
+        "report", help="write one self-contained HTML page about a run",
+        description="Loss curves, training health, attention maps, samples, settings and machine of a run, "
+                    "as one HTML file with inline SVG (no JavaScript, nothing from a network).")
+    p.add_argument("--from", dest="source", required=True, metavar="DIR", help="a run directory")
+    p.add_argument("--out", metavar="FILE", help="where to write it (default: DIR/report.html)")
+    p.add_argument("--prompt", metavar="TEXT", help="the text whose attention is drawn (default: emma / ROMEO:)")
+    p.add_argument("--engine", choices=ENGINES, help="(default: the fastest installed)")
+    p.set_defaults(run=report_command, command_parser=p)
+
+
 def add_bench_parser(commands):
     from microgpt.bench import CONFIGS
 
@@ -294,6 +308,7 @@ def build_parser():
     add_tokenize_parser(commands)
     add_inspection_parsers(commands)
     add_check_parser(commands)
+    add_report_parser(commands)
     add_bench_parser(commands)
     return parser
 
