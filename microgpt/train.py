@@ -86,7 +86,7 @@ class Trainer:
             self.engine.load_state({name: values for name, (shape, values) in tensors.items()})
             self.step, self.best, self.smoothed = meta["step"], meta["best_held_out"], meta["smoothed"]
             self.rng.setstate(to_state(meta["rng"]))
-        self.interrupted = False  # set by Ctrl-C, at any moment
+        self.interrupted = 0.0  # when Ctrl-C (or SIGTERM) came, at any moment; 0 until then
         self.monitor = health.Monitor()
         self.stop_requested = False  # decided between steps (by every rank together, under torchrun)
         self.last_saved_step = self.step if resume_from else None
@@ -137,12 +137,14 @@ class Trainer:
         """Train to the last step (or until Ctrl-C), evaluating and saving on the way."""
         s, tc, w = self.settings, self.settings.train, self.stream
         progress = Progress(tc.steps, w, s.log_every, first=self.step + 1, mfu=getattr(self.engine, "mfu", None))
-        previous = signal.signal(signal.SIGINT, self._interrupt)
+        # Ctrl-C, and SIGTERM (a scheduler's or torchrun's way to stop a run), finish the step and save
+        previous = {sig: signal.signal(sig, self._interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             while self.step < tc.steps and not self._stopping():
                 self._step(progress)
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         path = os.path.join(self.out_dir, "checkpoint.safetensors")
         if self.stop_requested:  # (a finished run saved at its final evaluation)
             self.save()
@@ -155,15 +157,19 @@ class Trainer:
     def _stopping(self):
         """Whether to stop before the next step; under torchrun every rank must agree on the same step."""
         if hasattr(self.engine, "should_stop"):
-            self.stop_requested = self.engine.should_stop(self.interrupted)
+            self.stop_requested = self.engine.should_stop(bool(self.interrupted))
         else:
-            self.stop_requested = self.interrupted
+            self.stop_requested = bool(self.interrupted)
         return self.stop_requested
 
     def _interrupt(self, signum, frame):
-        if self.interrupted:  # a second Ctrl-C: stop now, without saving
-            raise KeyboardInterrupt
-        self.interrupted = True
+        # A second Ctrl-C, pressed by a person, stops at once without saving. Copies of the first that
+        # arrive together (under torchrun the terminal's and torchrun's own) must not count as one.
+        if self.interrupted:
+            if signum == signal.SIGINT and time.monotonic() - self.interrupted > 1.0:
+                raise KeyboardInterrupt
+            return
+        self.interrupted = time.monotonic()
         self.stream.write("\nCtrl-C: finishing this step, then saving (Ctrl-C again to quit at once)\n")
 
     def _step(self, progress):

@@ -42,7 +42,7 @@ def run_steps(settings, out_dir, stop_after=None, resume=None, quiet=open(os.dev
     def step_then_maybe_stop(progress):  # what Ctrl-C does, at a chosen step
         step(progress)
         if trainer.step == stop_after:
-            trainer.interrupted = True
+            trainer.interrupted = 1.0
     trainer._step = step_then_maybe_stop
     return trainer, trainer.run()
 
