@@ -19,22 +19,21 @@ import sys
 import time
 
 from microgpt import atomic, engines
+from microgpt.config import REFERENCE_MODEL
+from microgpt.datasets import Dataset
 from microgpt.progress import three_figures
 
 CONFIGS = {  # name -> (model, documents per round)
-    "reference": (dict(n_layer=1, n_embd=16, n_head=4, block_size=16), 3),
+    "reference": (REFERENCE_MODEL, 3),
     "wide": (dict(n_layer=2, n_embd=64, n_head=4, block_size=16), 1),
 }
 PYPY_WARMUP_SECONDS = 3.0
 
 
 def reference_docs():
-    """The names in the reference run's order, as token lists [BOS, ..., BOS]."""
-    docs = atomic.load_docs(atomic.NAMES_FILE)
-    random.Random(42).shuffle(docs)
-    chars = atomic.build_vocab(docs)
-    stoi = {ch: i for i, ch in enumerate(chars)}
-    return [[len(chars)] + [stoi[ch] for ch in doc] + [len(chars)] for doc in docs], len(chars) + 1
+    """The training names in the reference run's order, as token lists [BOS, ..., BOS], and the vocab size."""
+    data = Dataset("names", None, random.Random(42))
+    return data.train, data.tokenizer.vocab_size
 
 
 class Runner:
@@ -145,7 +144,7 @@ def bench(config_names, rounds, min_time, use_pypy=True, stream=sys.stdout):
         tokens_per_step = {}
         for r in range(rounds):
             round_docs = docs[r * per_round:(r + 1) * per_round]
-            tokens = sum(min(cfg.block_size, len(doc) - 1) for doc in round_docs)
+            tokens = engines.predicted_tokens(round_docs, cfg.block_size)
             for runner in runners:
                 seconds, steps = runner.run(round_docs, min_time)
                 seconds_per_step[runner.label].append(seconds / steps)

@@ -5,6 +5,8 @@ trained is TrainConfig. A preset names a data set, a model and a TrainConfig tha
 something (see README); any flag given on the command line overrides the preset's value."""
 from dataclasses import dataclass, fields
 
+from microgpt.atomic import GPTConfig
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -24,12 +26,13 @@ class TrainConfig:
 
 
 MODEL_FIELDS = ("n_layer", "n_embd", "n_head", "block_size")
+REFERENCE_MODEL = {name: getattr(GPTConfig(), name) for name in MODEL_FIELDS}  # the atomic file's defaults
 TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig))
 
 PRESETS = {
     "reference": {  # the reference run of microgpt/atomic.py, on every engine
         "data": "names",
-        "model": dict(n_layer=1, n_embd=16, n_head=4, block_size=16),
+        "model": REFERENCE_MODEL,
         "train": TrainConfig(),
         "eval_every": 100,
     },

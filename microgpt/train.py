@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 
 from microgpt import atomic, checkpoint, engines, health
-from microgpt.config import MODEL_FIELDS, PRESETS, TRAIN_FIELDS, TrainConfig
+from microgpt.config import MODEL_FIELDS, PRESETS, REFERENCE_MODEL, TRAIN_FIELDS, TrainConfig
 from microgpt.datasets import Dataset, read_text
 from microgpt.errors import UserError
 from microgpt.loading import check_shapes, read
@@ -35,7 +35,7 @@ class RunSettings:
     the few things that do not (engine, how often to evaluate and log)."""
     data: str = "names"
     format: str = None  # lines | stream | None: detect
-    model: dict = field(default_factory=lambda: dict(n_layer=1, n_embd=16, n_head=4, block_size=16))
+    model: dict = field(default_factory=lambda: dict(REFERENCE_MODEL))
     train: TrainConfig = field(default_factory=TrainConfig)
     dtype: str = "float64"
     tokenizer: str = "char"  # char | bpe
@@ -126,7 +126,7 @@ class Trainer:
         batches = self.data.held_out_batches(bs, EVAL_BATCH, None if final else self.settings.eval_windows)
         total = count = 0
         for batch in batches:
-            n = sum(min(bs, len(seq) - 1) for seq in batch)
+            n = engines.predicted_tokens(batch, bs)
             total += self.engine.loss(batch) * n
             count += n
         return total / count
@@ -188,7 +188,7 @@ class Trainer:
         self.engine.adam_step(self.step, lr, tc.beta1, tc.beta2, tc.eps, tc.weight_decay)
         self.step += 1
         seconds = time.perf_counter() - started - snapshot_seconds
-        tokens = sum(min(self.cfg.block_size, len(seq) - 1) for seq in batch)
+        tokens = engines.predicted_tokens(batch, self.cfg.block_size)
         self.smoothed = loss if self.smoothed is None else 0.9 * self.smoothed + 0.1 * loss
         progress.update(self.step, loss, tokens, seconds)
         if logged:

@@ -20,6 +20,11 @@ ENGINES = ("scalar", "python", "numpy", "torch")  # slowest first (on a CPU)
 NEEDS = {"numpy": "numpy", "torch": "torch"}  # engine -> the optional package it needs
 
 
+def predicted_tokens(batch, block_size):
+    """How many next tokens a batch of token lists predicts: each list cut to block_size + 1 tokens."""
+    return sum(min(block_size, len(seq) - 1) for seq in batch)
+
+
 def installed():
     """The engines whose dependencies are importable here, slowest first."""
     return [name for name in ENGINES if name not in NEEDS or importlib.util.find_spec(NEEDS[name])]

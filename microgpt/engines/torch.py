@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from microgpt.atomic import param_shapes
+from microgpt.engines import predicted_tokens
 from microgpt.errors import UserError
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -229,14 +230,13 @@ class Engine:
 
     @torch.no_grad()
     def loss(self, batch):
-        count = sum(min(self.cfg.block_size, len(doc) - 1) for doc in batch)
-        return float(self._token_loss_sum(self.model, batch)) / count
+        return float(self._token_loss_sum(self.model, batch)) / predicted_tokens(batch, self.cfg.block_size)
 
     def loss_and_grads(self, batch):
         """The mean loss over every predicted token of the (global) batch and its gradient. Under torchrun
         each rank takes every world-th document and divides its token-loss sum by the whole batch's token
         count, times the world size, so that DDP's mean of the ranks' gradients is the batch's gradient."""
-        count = sum(min(self.cfg.block_size, len(doc) - 1) for doc in batch)
+        count = predicted_tokens(batch, self.cfg.block_size)
         mine = batch[self.rank::self.world]
         for p in self.params.values():
             p.grad = None
