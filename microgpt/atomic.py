@@ -136,31 +136,31 @@ def gpt(token, pos, keys, values, w, cfg):
     """The logits (vocab_size,) of the token that follows `token` at position `pos`.
     keys/values hold, per layer, the key and value vectors of every earlier position; this call
     appends its own, so feeding a sequence one token at a time is causal attention."""
-    x = [t + p for t, p in zip(w["wte"][token], w["wpe"][pos])]  # token + position embedding (C,)
-    x = rmsnorm(x)
-    hd = cfg.n_embd // cfg.n_head  # head_dim
+    tok_emb, pos_emb = w["wte"][token], w["wpe"][pos]  # token embedding, position embedding (C,)
+    x = rmsnorm([t + p for t, p in zip(tok_emb, pos_emb)])  # their sum, normalised (C,)
+    head_dim = cfg.n_embd // cfg.n_head
     for li in range(cfg.n_layer):
         # Attention: each head looks back over the cached positions and takes a weighted mix.
-        residual = x
+        x_residual = x
         x = rmsnorm(x)
         q = linear(x, w[f"layer{li}.attn_wq"])  # (C,) what this position looks for
         keys[li].append(linear(x, w[f"layer{li}.attn_wk"]))  # (C,) what it offers to later ones
         values[li].append(linear(x, w[f"layer{li}.attn_wv"]))  # (C,) what it passes on
-        heads = []
+        x_attn = []  # the heads' outputs, side by side (C,)
         for h in range(cfg.n_head):
-            s = slice(h * hd, (h + 1) * hd)
+            s = slice(h * head_dim, (h + 1) * head_dim)
             q_h, k_h, v_h = q[s], [k[s] for k in keys[li]], [v[s] for v in values[li]]
-            att = [sum(q_h[j] * k_t[j] for j in range(hd)) / hd**0.5 for k_t in k_h]  # (T,)
-            att = softmax(att)
-            heads.extend(sum(att[t] * v_h[t][j] for t in range(len(v_h))) for j in range(hd))
-        x = linear(heads, w[f"layer{li}.attn_wo"])  # (C,)
-        x = [a + b for a, b in zip(x, residual)]
+            attn_logits = [sum(q_h[j] * k_t[j] for j in range(head_dim)) / head_dim**0.5 for k_t in k_h]  # (T,)
+            attn_weights = softmax(attn_logits)  # (T,)
+            x_attn.extend(sum(attn_weights[t] * v_h[t][j] for t in range(len(v_h))) for j in range(head_dim))
+        x = linear(x_attn, w[f"layer{li}.attn_wo"])  # (C,)
+        x = [a + b for a, b in zip(x, x_residual)]
         # MLP: widen to 4C, keep the positive part, project back; again added to the residual.
-        residual = x
+        x_residual = x
         x = rmsnorm(x)
         x = [h.relu() for h in linear(x, w[f"layer{li}.mlp_fc1"])]  # (4C,)
         x = linear(x, w[f"layer{li}.mlp_fc2"])  # (C,)
-        x = [a + b for a, b in zip(x, residual)]
+        x = [a + b for a, b in zip(x, x_residual)]
     return linear(x, w["lm_head"])  # (vocab_size,)
 
 def token_losses(tokens, w, cfg):
