@@ -21,6 +21,8 @@ import time
 from microgpt import atomic, engines
 from microgpt.config import REFERENCE_MODEL
 from microgpt.datasets import Dataset
+from microgpt.initialisation import reference_weights
+from microgpt.layout import param_count
 from microgpt.progress import three_figures
 
 CONFIGS = {  # name -> (model, documents per round)
@@ -41,7 +43,7 @@ class Runner:
 
     def __init__(self, name, cfg):
         self.name, self.label = name, name
-        self.engine = engines.create(name, cfg, atomic.init_weights(cfg, random.Random(0)))
+        self.engine = engines.create(name, cfg, reference_weights(cfg, random.Random(0)))
         self.step = 0
 
     def run(self, docs, min_time):
@@ -56,6 +58,9 @@ class Runner:
             elapsed = time.perf_counter() - started
             if elapsed >= min_time:
                 return elapsed, steps
+
+    def describe(self):
+        return self.engine.describe()
 
 
 class PyPyRunner:
@@ -78,6 +83,9 @@ class PyPyRunner:
     def run(self, docs, min_time):
         reply = self._ask({"docs": docs, "min_time": min_time})
         return reply["seconds"], reply["steps"]
+
+    def describe(self):
+        return f"{self.version}, float64"
 
     def close(self):
         self.process.stdin.close()
@@ -154,9 +162,8 @@ def bench(config_names, rounds, min_time, use_pypy=True, stream=sys.stdout):
         gc.unfreeze()
         medians = {label: statistics.median(times) for label, times in seconds_per_step.items()}
         results[config_name] = medians
-        n_params = sum(rows * cols for rows, cols in atomic.param_shapes(cfg).values())
         stream.write(f"\n{config_name}: n_layer {cfg.n_layer}, n_embd {cfg.n_embd}, n_head {cfg.n_head}, "
-                     f"block_size {cfg.block_size} ({n_params:,} parameters)"
+                     f"block_size {cfg.block_size} ({param_count(cfg):,} parameters)"
                      + (f"; PyPy is {pypy_runner.version}" if pypy_runner else "") + "\n")
         stream.write(f"{'engine':<16}{'ms/step':>10}{'steps/s':>10}{'tokens/s':>11}{'vs scalar':>11}\n")
         scalar = medians.get("scalar")
@@ -165,8 +172,9 @@ def bench(config_names, rounds, min_time, use_pypy=True, stream=sys.stdout):
             ratio = f"{scalar / seconds:,.0f}x" if scalar else "-"
             stream.write(f"{label:<16}{three_figures(seconds * 1e3):>10}{three_figures(1 / seconds):>10}"
                          f"{tokens:>11,.0f}{ratio:>11}\n")
-        for runner in runners:
-            describe = getattr(getattr(runner, "engine", None), "describe", None)
-            if describe:
-                stream.write(f"({runner.label}: {describe()})\n")
+        stream.write("(" + "; ".join(f"{runner.label}: {runner.describe()}" for runner in runners) + ")\n")
     return results
+
+
+def bench_command(args):
+    bench(args.config or list(CONFIGS), args.rounds, args.min_time, use_pypy=not args.no_pypy)

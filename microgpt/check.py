@@ -1,16 +1,18 @@
 """`check`: the proof table a user can run on their own machine.
 
-Row by row: the scalar reference's gradient against central finite differences, then, for every installed
-engine against the scalar reference from identical weights, the largest differences in the logits, the
-loss, each gradient tensor and a 20-step Adam trajectory, each with its tolerance and PASS or FAIL. The
-exit code is 1 if any row fails. The tolerances are the test suite's (tests/test_engines.py says why).
+Row by row: the scalar reference's gradient against central finite differences, then, for every installed engine
+against the scalar reference from identical weights, the largest differences in the logits, the loss, each
+gradient tensor and a 20-step Adam trajectory, each with its tolerance and PASS or FAIL. The exit code is 1 if any
+row fails. The tolerances are the test suite's (tests/test_engines.py says why).
 """
 import random
 import sys
+from array import array
 
 from microgpt import atomic, engines
 from microgpt.datasets import Dataset
-from microgpt.engines.scalar import Engine as Scalar
+from microgpt.initialisation import reference_weights
+from microgpt.layout import param_count, segments
 from microgpt.loading import open_model
 
 H = 1e-6  # finite-difference step: truncation ~H^2, rounding ~1e-16/H, both far below the tolerance
@@ -19,35 +21,31 @@ FAST_ENOUGH = 20_000  # parameters up to which the finite differences use the sc
 
 
 def max_relative_difference(got, want):
-    """max |got - want| over a matrix, relative to the largest |want| (absolute when that is 0)."""
-    scale = max(abs(x) for row in want for x in row) or 1.0
-    return max(abs(a - b) for r1, r2 in zip(got, want) for a, b in zip(r1, r2)) / scale
+    """max |got - want| over two flat sequences, relative to the largest |want| (absolute when that is 0)."""
+    return max_absolute_difference(got, want) / (max(abs(x) for x in want) or 1.0)
 
 
 def max_absolute_difference(got, want):
-    return max(abs(a - b) for r1, r2 in zip(got, want) for a, b in zip(r1, r2))
+    return max(abs(a - b) for a, b in zip(got, want))
 
 
 def finite_difference_rows(cfg, weights, batch, per_tensor, rng):
     """The scalar gradient of up to per_tensor weights of each tensor against (f(w+h) - f(w-h)) / 2h."""
-    scalar = Scalar(cfg, weights)
+    scalar = engines.create("scalar", cfg, weights)
     scalar.loss_and_grads(batch)
-    grads = scalar.grad_dict()
-    big = sum(r * c for r, c in atomic.param_shapes(cfg).values()) > FAST_ENOUGH
-    loss_engine = engines.fastest() if big else "scalar"
+    grads, weights = scalar.gradients(), array("d", weights)
+    loss_engine = engines.fastest() if param_count(cfg) > FAST_ENOUGH else "scalar"
     rows = []
-    for name, mat in weights.items():
-        cells = [(i, j) for i in range(len(mat)) for j in range(len(mat[0]))]
-        worst_abs = worst_rel = 0.0
-        for i, j in rng.sample(cells, min(per_tensor, len(cells))):
-            x = mat[i][j]
-            values = []
+    for name, (start, shape) in segments(cfg).items():
+        size, worst_abs, worst_rel = shape[0] * shape[1], 0.0, 0.0
+        for i in rng.sample(range(start, start + size), min(per_tensor, size)):
+            x, values = weights[i], []
             for shifted in (x + H, x - H):
-                mat[i][j] = shifted
+                weights[i] = shifted
                 values.append(engines.create(loss_engine, cfg, weights).loss(batch))
-            mat[i][j] = x
+            weights[i] = x
             numerical = (values[0] - values[1]) / (2 * H)
-            error = abs(grads[name][i][j] - numerical)
+            error = abs(grads[i] - numerical)
             worst_abs, worst_rel = max(worst_abs, error), max(worst_rel, error / max(1.0, abs(numerical)))
         rows.append(("finite differences", f"d loss / d {name}", worst_abs, worst_rel))
     return rows, loss_engine
@@ -55,11 +53,11 @@ def finite_difference_rows(cfg, weights, batch, per_tensor, rng):
 
 def run_engine(name, cfg, weights, batch, steps=20):
     """What the rows compare: logits of one sequence, loss and gradients of the batch, a loss trajectory."""
-    engine = engines.create(name, cfg, weights) if name != "scalar" else Scalar(cfg, weights)
+    engine = engines.create(name, cfg, weights)
     seq = batch[0][:cfg.block_size]
-    logits = engine.forward(seq, engine.new_cache())
+    logits = [x for row in engine.forward(seq, engine.new_cache()) for x in row]
     loss = engine.loss_and_grads(batch)
-    grads = engine.grad_dict()
+    grads = engine.gradients().tolist()
     trajectory = []
     for step in range(steps):
         trajectory.append(engine.loss_and_grads(batch))
@@ -67,14 +65,15 @@ def run_engine(name, cfg, weights, batch, steps=20):
     return logits, loss, grads, trajectory
 
 
-def engine_rows(name, result, reference):
+def engine_rows(name, cfg, result, reference):
     (logits, loss, grads, trajectory), (want_logits, want_loss, want_grads, want_trajectory) = result, reference
     rows = [("logits", f"{name}: logits", max_absolute_difference(logits, want_logits),
              max_relative_difference(logits, want_logits)),
             ("loss", f"{name}: loss", abs(loss - want_loss), abs(loss - want_loss) / abs(want_loss))]
-    for tensor in want_grads:
-        rows.append(("gradient", f"{name}: d loss / d {tensor}", max_absolute_difference(grads[tensor],
-                     want_grads[tensor]), max_relative_difference(grads[tensor], want_grads[tensor])))
+    for tensor, (start, (r, c)) in segments(cfg).items():
+        got, want = grads[start:start + r * c], want_grads[start:start + r * c]
+        rows.append(("gradient", f"{name}: d loss / d {tensor}", max_absolute_difference(got, want),
+                     max_relative_difference(got, want)))
     worst = max(abs(a - b) for a, b in zip(trajectory, want_trajectory))
     rows.append(("adam", f"{name}: {len(trajectory)} Adam steps, loss", worst, worst))
     return rows
@@ -84,25 +83,24 @@ def check_command(args):
     rng = random.Random(args.seed)
     if args.source:
         model, tok, meta, path = open_model(args.source, "python")
-        cfg, weights = model.cfg, model.state_dict()
+        cfg, weights = model.cfg, model.weights()
         what = f"{path} (step {meta['step']})"
     else:
         data_rng = random.Random(42)
         tok = Dataset("names", None, data_rng).tokenizer
         cfg = atomic.GPTConfig(vocab_size=tok.vocab_size)
-        weights, what = atomic.init_weights(cfg, data_rng), "a fresh model (the reference's size and initialisation)"
+        weights, what = reference_weights(cfg, data_rng), "a fresh model (the reference's size and initialisation)"
     bos = tok.bos
     batch = [[bos] + [rng.randrange(bos) for _ in range(rng.randint(2, 8))] + [bos] for _ in range(2)]
     w = sys.stdout
-    n_params = sum(r * c for r, c in atomic.param_shapes(cfg).values())
-    w.write(f"check of {what}: {n_params:,} parameters, a batch of 2 random documents\n")
+    w.write(f"check of {what}: {param_count(cfg):,} parameters, a batch of 2 random documents\n")
     rows, loss_engine = finite_difference_rows(cfg, weights, batch, args.per_tensor, rng)
     w.write(f"finite differences: {args.per_tensor} weights per tensor, h = {H}, the loss from the "
             f"{loss_engine} engine\n")
     reference = run_engine("scalar", cfg, weights, batch)
     for name in engines.installed():
         if name != "scalar":
-            rows += engine_rows(name, run_engine(name, cfg, weights, batch), reference)
+            rows += engine_rows(name, cfg, run_engine(name, cfg, weights, batch), reference)
     w.write(f"{'what':<46}{'max abs':>11}{'max rel':>11}{'tolerance':>11}  result\n")
     failed = 0
     for kind, label, absolute, relative in rows:

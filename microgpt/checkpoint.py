@@ -5,12 +5,13 @@ reader open it: 8 bytes (little-endian u64) giving the length of a JSON header, 
 little-endian tensors one after another. The header maps each tensor's name to its dtype, shape and
 byte range, and its "__metadata__" (strings only) carries everything else a run needs to continue
 exactly: the format version, the model and training settings, the tokenizer, the data, the step and the
-random state. Tensors: the weights under GPT-2's names (wte, wpe, lm_head, layer0.attn_wq, ...) and
-Adam's moments as adam.m.<name> and adam.v.<name>. A save goes to a temporary file that then replaces
-the old one, so a crash or a full disk never leaves a half-written checkpoint behind. Never pickle.
+random state; which tensors a model's checkpoint holds is microgpt/layout.py's to say. A save goes to a
+temporary file that then replaces the old one, so a crash or a full disk never leaves a half-written
+checkpoint behind. Never pickle.
 """
 import json
 import os
+import shutil
 import struct
 import sys
 from array import array
@@ -19,36 +20,34 @@ from microgpt.errors import UserError
 
 FORMAT = "microgpt"
 VERSION = 1  # the checkpoint format; a reader refuses a newer one
-DTYPES = {"F64": ("d", 8), "F32": ("f", 4)}  # safetensors dtype -> array typecode, bytes per item
+DTYPES = {"F64": "d", "F32": "f"}  # safetensors dtype -> array typecode (and memoryview format)
 
 
-def to_bytes(values, dtype):
-    """A flat sequence of floats (list, array('d'), numpy array) as little-endian bytes of `dtype`."""
-    if hasattr(values, "astype"):  # numpy: convert without a Python loop
-        return values.astype("<f8" if dtype == "F64" else "<f4").tobytes()
-    data = array(DTYPES[dtype][0], values)
+def as_buffer(values):
+    """(safetensors dtype, little-endian buffer) of a flat sequence of floats: a NumPy array or an array('d') or
+    array('f') as it is, without a copy (on a little-endian machine); anything else as float64."""
+    try:
+        view = memoryview(values)
+    except TypeError:
+        view = memoryview(array("d", values))
+    if view.format not in ("d", "f"):  # e.g. a float16 array
+        view = memoryview(array("d", view.tolist()))
     if sys.byteorder == "big":
-        data.byteswap()
-    return data.tobytes()
+        swapped = array(view.format, view)
+        swapped.byteswap()
+        view = memoryview(swapped)
+    return ("F64" if view.format == "d" else "F32"), view
 
 
-def from_bytes(raw, dtype):
-    data = array(DTYPES[dtype][0])
-    data.frombytes(raw)
-    if sys.byteorder == "big":
-        data.byteswap()
-    return data
-
-
-def save(path, tensors, metadata, dtype="F64"):
-    """Write {name: (shape, flat floats)} and {key: JSON-able value} to `path`, atomically."""
-    header, offset = {}, 0
-    blobs = []
+def save(path, tensors, metadata):
+    """Write {name: (shape, flat floats)} and {key: JSON-able value} to `path`, atomically. Each tensor is stored in
+    its own precision (float64, or float32 for float32 arrays), from its bytes."""
+    header, offset, buffers = {}, 0, []
     for name, (shape, values) in tensors.items():
-        blob = to_bytes(values, dtype)
-        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + len(blob)]}
-        blobs.append(blob)
-        offset += len(blob)
+        dtype, buffer = as_buffer(values)
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + buffer.nbytes]}
+        buffers.append(buffer)
+        offset += buffer.nbytes
     meta = {"format": FORMAT, "version": str(VERSION)}
     meta.update({key: json.dumps(value) for key, value in metadata.items()})
     header["__metadata__"] = meta
@@ -59,8 +58,8 @@ def save(path, tensors, metadata, dtype="F64"):
         with open(tmp, "wb") as f:
             f.write(struct.pack("<Q", len(encoded)))
             f.write(encoded)
-            for blob in blobs:
-                f.write(blob)
+            for buffer in buffers:
+                f.write(buffer)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -69,6 +68,24 @@ def save(path, tensors, metadata, dtype="F64"):
             os.remove(tmp)
         raise UserError(f"cannot write the checkpoint {path}: {e.strerror}; free some space or choose "
                         "another --out (the previous checkpoint, if any, is intact)") from None
+
+
+def duplicate(path, other):
+    """Save the checkpoint at `path` under the name `other` too, atomically: a hard link where the file system has
+    them (nothing written twice; a later save replaces `path` with a new file, never touching this one), else a
+    copy."""
+    tmp = f"{other}.tmp"
+    try:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        try:
+            os.link(path, tmp)
+        except OSError:  # a file system without hard links
+            shutil.copyfile(path, tmp)
+        os.replace(tmp, other)
+    except OSError as e:
+        raise UserError(f"cannot write the checkpoint {other}: {e.strerror}; free some space or choose another --out "
+                        "(the previous checkpoint, if any, is intact)") from None
 
 
 def load(path):
@@ -101,7 +118,7 @@ def load(path):
     if int(meta["version"]) > VERSION:
         raise UserError(f"{path} has checkpoint format version {meta['version']}, newer than this microgpt "
                         f"reads ({VERSION}); upgrade microgpt")
-    body = data[8 + header_len:]
+    body = memoryview(data)[8 + header_len:]
     tensors = {}
     for name, info in header.items():
         start, end = info["data_offsets"]
@@ -109,6 +126,10 @@ def load(path):
             raise UserError(f"{path} holds {name} as {info['dtype']}; microgpt reads F64 and F32 checkpoints")
         if end > len(body):
             raise UserError(f"{path} is truncated (tensor {name} cut short); use an intact checkpoint")
-        tensors[name] = (tuple(info["shape"]), from_bytes(body[start:end], info["dtype"]))
+        values = array(DTYPES[info["dtype"]])
+        values.frombytes(body[start:end])
+        if sys.byteorder == "big":
+            values.byteswap()
+        tensors[name] = (tuple(info["shape"]), values)
     metadata = {key: json.loads(value) for key, value in meta.items() if key not in ("format", "version")}
     return tensors, metadata

@@ -1,9 +1,10 @@
-"""Training settings as a frozen dataclass, and the presets that fill them in.
+"""What a run is, as frozen dataclasses, and the presets that fill them in.
 
-The model's shape is atomic.GPTConfig (vocab_size comes from the data); everything about how it is
-trained is TrainConfig. A preset names a data set, a model and a TrainConfig that were measured to do
-something (see README); any flag given on the command line overrides the preset's value."""
-from dataclasses import dataclass, fields
+The model's shape is atomic.GPTConfig (vocab_size comes from the data); everything about how it is trained is
+TrainConfig; RunSettings gathers those with the data, the tokenizer and the engine. A preset names a data set, a
+model and a TrainConfig that were measured to do something (see README); any flag given on the command line
+overrides the preset's value (microgpt/settings.py)."""
+from dataclasses import asdict, dataclass, field, fields
 
 from microgpt.atomic import GPTConfig
 
@@ -28,6 +29,35 @@ class TrainConfig:
 MODEL_FIELDS = ("n_layer", "n_embd", "n_head", "block_size")
 REFERENCE_MODEL = {name: getattr(GPTConfig(), name) for name in MODEL_FIELDS}  # the atomic file's defaults
 TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig))
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything that decides the numbers a run computes (a resume must not change any of it), and the few things
+    that do not (engine, how often to evaluate and log)."""
+    data: str = "names"
+    format: str = None  # lines | stream | None: detect
+    model: dict = field(default_factory=lambda: dict(REFERENCE_MODEL))
+    train: TrainConfig = field(default_factory=TrainConfig)
+    dtype: str = "float64"
+    tokenizer: str = "char"  # char | bpe
+    vocab_size: int = 512  # for bpe: 256 bytes + merges + BOS
+    presplit: bool = True  # for bpe: no merge across words (microgpt/bpe.py)
+    engine: str = None  # None: the fastest installed
+    engine_options: dict = field(default_factory=dict)  # the torch engine's device, attention, compile
+    eval_every: int = 100
+    eval_windows: int = 256  # held-out windows of a stream at intermediate evaluations (all at the end)
+    log_every: int = 100
+    health: bool = False  # print a health line at every logged step (it is always in the log)
+
+    def fixed(self):
+        """The settings a resumed run must share with the run it continues, as plain data."""
+        return {"data": self.data, "format": self.format, "model": self.model, "train": asdict(self.train),
+                "dtype": self.dtype, "tokenizer": self.tokenizer, "vocab_size": self.vocab_size,
+                "presplit": self.presplit}
+
+    def tokenizer_spec(self):
+        return ("char",) if self.tokenizer == "char" else ("bpe", self.vocab_size, self.presplit)
+
 
 PRESETS = {
     "reference": {  # the reference run of microgpt/atomic.py, on every engine

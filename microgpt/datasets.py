@@ -48,6 +48,11 @@ def read_text(data):
     return path, text
 
 
+def checksum(text):
+    """The SHA-256 of a data set's text: a checkpoint keeps it, and a resume compares the file's with it."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def detect_format(text):
     """'stream' for text in paragraphs or long lines (prose, plays, code), 'lines' for a list of short
     items (names, words, short sentences), with the reason, which train prints."""
@@ -80,7 +85,7 @@ class Dataset:
         `tokenizer`: ("char",) or ("bpe", vocab_size, presplit), trained here on the data."""
         self.name = data
         self.path, text = read_text(data)
-        self.sha256 = hashlib.sha256(text.encode()).hexdigest()
+        self.sha256 = checksum(text)
         if fmt is None and data in BUNDLED:
             fmt, self.format_reason = BUNDLED[data][1], "the bundled set's format"
         elif fmt is None:

@@ -12,11 +12,10 @@ import os
 import platform
 import random
 
-from microgpt import engines
 from microgpt.errors import UserError
 from microgpt.loading import open_model
 from microgpt.sampling import generate, stream_start
-from microgpt.trace import label
+from microgpt.trace import label, nested, trace
 
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f"]
 WIDTH, HEIGHT, PAD = 640, 260, 48
@@ -93,7 +92,7 @@ def read_log(run_dir):
 def build(run_dir, engine_name=None, prompt=None, num_samples=10):
     """The report's HTML, as a string."""
     records = read_log(run_dir)
-    engine, tok, meta, path = open_model(run_dir, engine_name or engines.fastest())
+    engine, tok, meta, path = open_model(run_dir, engine_name)
     steps = [r for r in records if "train_loss" in r]
     evals = [r for r in records if "held_out_loss" in r]
     health = [r for r in steps if r.get("health")]
@@ -118,17 +117,16 @@ def build(run_dir, engine_name=None, prompt=None, num_samples=10):
         warnings = [w for r in health for w in r["health"]["warnings"]]
         sections.append("<ul>" + "".join(f"<li>{esc(w)}</li>" for w in warnings) + "</ul>" if warnings
                         else "<p>No health warnings.</p>")
-    if hasattr(engine, "trace"):
-        text = prompt
-        if text is None:  # a default the data may not spell: keep the characters it knows
-            text = "".join(ch for ch in ("emma" if documents else "ROMEO:") if not tok.unknown(ch))
-        ids = (([tok.bos] if documents else []) + tok.encode(text))[:engine.cfg.block_size] or stream_start(tok)
-        record, labels = engine.trace(ids), [label(tok, i) for i in ids]
-        sections.append(f"<h2>Attention of {esc(labels)}</h2><div>")
-        for li in range(engine.cfg.n_layer):
-            for h, weights in enumerate(record[f"layer{li}.attn.weights"]):
-                sections.append(attention_svg(weights, labels, f"layer {li}, head {h}"))
-        sections.append("</div>")
+    text = prompt
+    if text is None:  # a default the data may not spell: keep the characters it knows
+        text = "".join(ch for ch in ("emma" if documents else "ROMEO:") if not tok.unknown(ch))
+    ids = (([tok.bos] if documents else []) + tok.encode(text))[:engine.cfg.block_size] or stream_start(tok)
+    traced, labels = trace(engine, ids), [label(tok, i) for i in ids]
+    sections.append(f"<h2>Attention of {esc(labels)}</h2><div>")
+    for li in range(engine.cfg.n_layer):
+        for h, weights in enumerate(nested(*traced[f"layer{li}.attn.weights"])):
+            sections.append(attention_svg(weights, labels, f"layer {li}, head {h}"))
+    sections.append("</div>")
     rng = random.Random(0)
     start, stop = ([tok.bos], tok.bos) if documents else (stream_start(tok), None)
     length = engine.cfg.block_size if documents else 200

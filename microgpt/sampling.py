@@ -50,19 +50,20 @@ def stream_start(tok):
 
 
 def generate(engine, prompt, rng, max_new_tokens, block_size, temperature=1.0, top_k=0, top_p=1.0, stop=None):
-    """Token ids that follow `prompt` (a non-empty list of ids, at most block_size long): up to
-    max_new_tokens of them, ending early at the token `stop` (not included). When the context fills the
-    block, the cache starts again from the last half block, so streams can run on."""
+    """Token ids that follow `prompt` (a non-empty list of ids, at most block_size long): up to max_new_tokens of
+    them, ending early at the token `stop` (not included). When the cache holds a whole block, it starts again from
+    the last half block of the context, so streams can run on."""
     cache = engine.new_cache()
     context, out = list(prompt), []
     logits = engine.forward(context, cache)[-1]
+    cached = len(context)  # positions in the cache
     for i in range(max_new_tokens):
         if i:  # feed the token drawn last
-            if len(context) > block_size:
-                cache = engine.new_cache()
-                logits = engine.forward(context[-(block_size // 2 or 1):], cache)[-1]
-            else:
-                logits = engine.forward(context[-1:], cache)[-1]
+            fed = context[-1:]
+            if cached == block_size:  # no position left: a fresh cache, from the last half block
+                cache, fed, cached = engine.new_cache(), context[-(block_size // 2 or 1):], 0
+            logits = engine.forward(fed, cache)[-1]
+            cached += len(fed)
         token = pick(logits, rng, temperature, top_k, top_p)
         if token == stop:
             break

@@ -1,15 +1,15 @@
 """Seeing inside one forward pass: `trace` prints every intermediate value in order, `attention` draws
 each head's attention weights as a heat map. Both work on a trained run (--from DIR) or on a fresh model
-(the reference initialisation), on the python, numpy and torch engines, which name every intermediate the
-same way (the scalar engine is the atomic file, which stays free of hooks).
+(the reference initialisation), on the python, numpy and torch engines, whose forward passes record the same
+Record (engines/base.py); the scalar engine is the atomic file, which stays free of hooks.
 
 The names, in the order the model computes them (T positions, C = n_embd, H heads, V = vocab_size):
   embedding (T, C)          wte[token] + wpe[position]
   embedding.norm (T, C)     after rmsnorm: the residual stream entering layer 0
   layer{i}.attn.norm (T, C) the stream, rmsnormed, that q, k and v read
   layer{i}.attn.q/k/v (T, C)  queries, keys, values; head h owns columns h*C/H ... (h+1)*C/H
-  layer{i}.attn.scores (H, T, T)   q.k / sqrt(head_dim), row = query, column = key (future: masked)
-  layer{i}.attn.weights (H, T, T)  softmax of each row: how much each query takes from each key
+  layer{i}.attn.scores (H, T, T)   q.k / sqrt(head_dim), row = query, column = key; -inf on the future
+  layer{i}.attn.weights (H, T, T)  softmax of each row: how much each query takes from each key; 0 on the future
   layer{i}.attn.heads (T, C) the heads' outputs side by side; attn.proj (T, C) after attn_wo
   layer{i}.attn.residual (T, C)  the stream plus the attention's output
   layer{i}.mlp.norm, mlp.fc1 (T, 4C), mlp.relu (T, 4C), mlp.fc2 (T, C), mlp.residual (T, C)
@@ -22,24 +22,39 @@ import sys
 from microgpt import atomic, engines
 from microgpt.datasets import Dataset
 from microgpt.errors import UserError
+from microgpt.initialisation import reference_weights
 from microgpt.loading import open_model
+from microgpt.sampling import softmax
 
 SHADES = " .:-=+*#%@"  # attention weight 0 ... 1
 
 
+def trace(engine, tokens):
+    """Every intermediate of one forward pass over `tokens` (T,), in the order computed: {name: (shape, flat
+    array)}, the arrays in the engine's own storage; then the probabilities (T, V) of the next token."""
+    traced = {name: engine.flat(value) for name, value in engine.record(tokens).named()}
+    (T, V), logits = traced["logits"]
+    traced["probs"] = ((T, V), [p for t in range(T) for p in softmax(list(logits[t * V:(t + 1) * V]), 1.0)])
+    return traced
+
+
+def nested(shape, flat):
+    """A flat array of the given shape as nested lists of floats (rows of rows)."""
+    if len(shape) == 1:
+        return [float(x) for x in flat]
+    size = len(flat) // shape[0]
+    return [nested(shape[1:], flat[i * size:(i + 1) * size]) for i in range(shape[0])]
+
+
 def model_for(args):
     """(engine, tokenizer, documents?) of --from DIR, or a fresh reference model on names."""
-    name = args.engine or engines.fastest()
-    if name == "scalar":
-        raise UserError("the scalar engine is the atomic file, which has no hooks to trace; "
-                        "use --engine python, numpy or torch (they compute the same numbers)")
     if args.source:
-        engine, tok, meta, _ = open_model(args.source, name)
+        engine, tok, meta, _ = open_model(args.source, args.engine)
         return engine, tok, meta["data_format"] == "lines"
     rng = random.Random(42)  # the reference run's first draws: the shuffle, then the weights
     data = Dataset("names", None, rng)
     cfg = atomic.GPTConfig(vocab_size=data.tokenizer.vocab_size)
-    return engines.create(name, cfg, atomic.init_weights(cfg, rng)), data.tokenizer, True
+    return engines.create(args.engine or engines.fastest(), cfg, reference_weights(cfg, rng)), data.tokenizer, True
 
 
 def prompt_tokens(tok, prompt, documents, block_size):
@@ -57,7 +72,7 @@ def label(tok, i):
 
 
 def fmt(x):
-    return "    -   " if x is None or x == float("-inf") else f"{x:8.4f}"
+    return "    -   " if x == float("-inf") else f"{x:8.4f}"
 
 
 def print_matrix(name, rows, row_labels, w, max_columns):
@@ -71,18 +86,14 @@ def print_matrix(name, rows, row_labels, w, max_columns):
 def trace_command(args):
     engine, tok, documents = model_for(args)
     ids = prompt_tokens(tok, args.prompt, documents, engine.cfg.block_size)
-    record = engine.trace(ids)
-    H = engine.cfg.n_head
-    for name in record:  # the future half of the score matrices is not computed: show it as masked
-        if name.endswith("attn.scores"):
-            record[name] = [[[x if t <= i else None for t, x in enumerate(row)] for i, row in enumerate(m)]
-                            for m in record[name]]
+    record = {name: nested(*value) for name, value in trace(engine, ids).items()}
     labels = [label(tok, i) for i in ids]
-    if args.json:
-        json.dump({"engine": engine.name, "tokens": labels, "ids": ids, "intermediates": record}, sys.stdout)
+    if args.json:  # -inf (a masked score) is not JSON: null
+        intermediates = {name: masked_as_null(value) for name, value in record.items()}
+        json.dump({"engine": engine.name, "tokens": labels, "ids": ids, "intermediates": intermediates}, sys.stdout)
         sys.stdout.write("\n")
         return
-    w = sys.stdout
+    w, H = sys.stdout, engine.cfg.n_head
     w.write(f"trace of {labels} on the {engine.name} engine; rows are positions, at most {args.columns} "
             "columns shown\n")
     D = engine.cfg.n_embd // H
@@ -101,6 +112,12 @@ def trace_command(args):
         w.write(f"  {lab[:6]:>6} " + "  ".join(f"{label(tok, i)!r} {row[i]:.3f}" for i in best) + "\n")
 
 
+def masked_as_null(value):
+    if isinstance(value, list):
+        return [masked_as_null(x) for x in value]
+    return None if value == float("-inf") else value
+
+
 def heat_map(weights, labels):
     """Lines drawing one head's (T, T) attention weights: rows are queries, columns keys."""
     width = max(len(lab) for lab in labels)
@@ -114,11 +131,11 @@ def heat_map(weights, labels):
 def attention_command(args):
     engine, tok, documents = model_for(args)
     ids = prompt_tokens(tok, args.prompt, documents, engine.cfg.block_size)
-    record = engine.trace(ids)
+    traced = trace(engine, ids)
     labels = [label(tok, i) for i in ids]
     w = sys.stdout
     w.write(f"attention of {labels}: rows are queries, columns the keys they see; shades '{SHADES}' = 0 ... 1\n")
     for li in range(engine.cfg.n_layer):
-        for h, weights in enumerate(record[f"layer{li}.attn.weights"]):
+        for h, weights in enumerate(nested(*traced[f"layer{li}.attn.weights"])):
             w.write(f"\nlayer {li}, head {h}\n")
             w.write("\n".join(heat_map(weights, labels)) + "\n")

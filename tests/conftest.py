@@ -10,11 +10,17 @@ ROOT = Path(__file__).resolve().parent.parent
 ATOMIC = ROOT / "microgpt" / "atomic.py"
 
 
-def run_python(*args, cwd, timeout=600, python=sys.executable):
-    """Run `python ARGS...` from `cwd` with the repository importable; return the CompletedProcess."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONIOENCODING="utf-8")
-    return subprocess.run([python, *map(str, args)], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+def run_python(*args, cwd, timeout=600, python=sys.executable, env=None):
+    """Run `python ARGS...` (or another launcher, such as torchrun) from `cwd` with the repository importable and
+    the variables of `env` set; return the CompletedProcess."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONIOENCODING="utf-8", **(env or {}))
+    return subprocess.run([python, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def microgpt(*args, cwd, **kw):
+    """Run `python -m microgpt ARGS...` from `cwd`, as a user does."""
+    return run_python("-m", "microgpt", *args, cwd=cwd, **kw)
 
 
 @pytest.fixture

@@ -1,13 +1,10 @@
 """Byte-level BPE: the known answer, the incremental trainer against a naive one, round trips on any text,
 save/load, determinism, the pre-split, and a Shakespeare model trained and sampled end to end with it."""
 import functools
-import os
-import subprocess
-import sys
 from collections import Counter
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, microgpt
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -171,11 +168,8 @@ def test_compresses_shakespeare(bpe):
 
 
 def test_shakespeare_bpe_model_trains_and_samples_on_the_python_engine(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "microgpt", *map(str, args)], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=600)
+        return microgpt(*args, cwd=tmp_path)
     trained = cli("train", "--data", "shakespeare", "--tokenizer", "bpe", "--vocab-size", 300, "--engine", "python",
                   "--n-embd", 16, "--block-size", 16, "--steps", 20, "--eval-every", 20, "--num-samples", 1,
                   "--out", "run")

@@ -56,11 +56,30 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert path.read_bytes() == before and list(tmp_path.iterdir()) == [path]
 
 
-def test_float32_tensors(tmp_path):
+def test_each_tensor_keeps_its_precision(tmp_path):
     path = tmp_path / "c.safetensors"
-    checkpoint.save(path, {"x": ((3,), array("d", [0.5, 1.25, -3.0]))}, {}, dtype="F32")
+    checkpoint.save(path, {"x": ((3,), array("f", [0.5, 1.25, -3.0])), "y": ((1,), array("d", [0.1]))}, {})
     tensors, _ = checkpoint.load(path)
     assert list(tensors["x"][1]) == [0.5, 1.25, -3.0] and tensors["x"][1].typecode == "f"
+    assert list(tensors["y"][1]) == [0.1] and tensors["y"][1].typecode == "d"
+
+
+def test_numpy_arrays_are_written_from_their_bytes(tmp_path):
+    np = pytest.importorskip("numpy")
+    flat = np.arange(12, dtype=np.float32) / 7
+    checkpoint.save(tmp_path / "a.safetensors", {"x": ((2, 3), flat[3:9])}, {})  # a view, as layout.py hands out
+    checkpoint.save(tmp_path / "b.safetensors", {"x": ((2, 3), array("f", flat[3:9].tolist()))}, {})
+    assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
+
+
+def test_a_duplicate_is_not_touched_by_later_saves(tmp_path):
+    path, best = tmp_path / "checkpoint.safetensors", tmp_path / "best.safetensors"
+    checkpoint.save(path, TENSORS, {"step": 1})
+    checkpoint.duplicate(path, best)  # a hard link here: nothing written twice
+    checkpoint.save(path, {"wte": ((2, 3), [9.0] * 6)}, {"step": 2})  # a new file replaces the old name
+    assert checkpoint.load(best)[1] == {"step": 1} and list(checkpoint.load(best)[0]["wte"][1]) == TENSORS["wte"][1]
+    assert checkpoint.load(path)[1] == {"step": 2} and sorted(p.name for p in tmp_path.iterdir()) == [
+        "best.safetensors", "checkpoint.safetensors"]
 
 
 def good_file(tmp_path):

@@ -5,13 +5,20 @@ import re
 import pytest
 from conftest import ATOMIC
 
-COMMANDS = [[], ["train"], ["sample"], ["tokenize"], ["bench"]]
+from microgpt.cli import COMMANDS
 
 
-@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "top")
+@pytest.mark.parametrize("command", [[], *([name] for name in COMMANDS)], ids=lambda c: " ".join(c) or "top")
 def test_help(run, command):
     result = run("-m", "microgpt", *command, "--help")
-    assert result.returncode == 0 and result.stdout.startswith("usage: microgpt")
+    assert result.returncode == 0 and result.stdout.startswith(f"usage: microgpt {' '.join(command)}".rstrip())
+    assert "options:" in result.stdout and result.stderr == ""
+
+
+def test_every_command_is_listed_in_the_top_help(run):
+    listed = run("-m", "microgpt", "--help").stdout
+    assert list(COMMANDS) == ["train", "sample", "tokenize", "trace", "attention", "check", "report", "bench"]
+    assert all(re.search(rf"^    {name}\b", listed, re.M) for name in COMMANDS)
 
 
 def test_train_runs_end_to_end_on_a_users_file(run, tmp_path):

@@ -1,19 +1,9 @@
 """Every mistake a user can make with train and sample gets one line that names the problem and the fix, a
 non-zero exit, no traceback, and loses nothing."""
-import os
-import subprocess
-import sys
-
 import pytest
-from conftest import ROOT
+from conftest import microgpt
 
 from microgpt import checkpoint
-
-
-def cli(*args, cwd):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "microgpt", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
 
 
 def assert_one_line_error(result, message, code=2):
@@ -26,43 +16,44 @@ def assert_one_line_error(result, message, code=2):
 def run(tmp_path_factory):
     """A trained run directory (the reference settings, 200 steps)."""
     where = tmp_path_factory.mktemp("trained")
-    assert cli("train", "--steps", 200, "--out", "run", "--num-samples", 0, cwd=where).returncode == 0
+    assert microgpt("train", "--steps", 200, "--out", "run", "--num-samples", 0, cwd=where).returncode == 0
     return where / "run"
 
 
 def test_stream_too_short_for_one_window(tmp_path):
     (tmp_path / "tiny.txt").write_text("To be, or not to be.\n\nThat is the question.\n")
-    assert_one_line_error(cli("train", "--data", "tiny.txt", cwd=tmp_path), "too short for one window of 17 tokens")
+    assert_one_line_error(microgpt("train", "--data", "tiny.txt", cwd=tmp_path),
+                          "too short for one window of 17 tokens")
 
 
 def test_a_single_document_cannot_be_split(tmp_path):
     (tmp_path / "one.txt").write_text("alone\n")
-    assert_one_line_error(cli("train", "--data", "one.txt", cwd=tmp_path), "needs at least 2")
+    assert_one_line_error(microgpt("train", "--data", "one.txt", cwd=tmp_path), "needs at least 2")
 
 
 def test_resume_with_other_settings_is_refused(run):
-    result = cli("train", "--resume", run, "--lr", 0.1, "--n-embd", 32, "--n-head", 4, cwd=run.parent)
+    result = microgpt("train", "--resume", run, "--lr", 0.1, "--n-embd", 32, "--n-head", 4, cwd=run.parent)
     assert_one_line_error(result, "the run was trained with other settings")
     assert "--lr 0.1 (the run has 0.01)" in result.stderr and "--n-embd 32 (the run has 16)" in result.stderr
 
 
 def test_resume_from_nothing(tmp_path):
-    assert_one_line_error(cli("train", "--resume", "nowhere", cwd=tmp_path), "no checkpoint at nowhere")
+    assert_one_line_error(microgpt("train", "--resume", "nowhere", cwd=tmp_path), "no checkpoint at nowhere")
 
 
 def test_out_never_overwrites_a_run(run):
     before = (run / "checkpoint.safetensors").read_bytes()
-    assert_one_line_error(cli("train", "--out", run, cwd=run.parent), f"continue it with --resume {run}")
+    assert_one_line_error(microgpt("train", "--out", run, cwd=run.parent), f"continue it with --resume {run}")
     assert (run / "checkpoint.safetensors").read_bytes() == before
 
 
 def test_unwritable_run_directory(tmp_path):
     (tmp_path / "a_file").write_text("")
-    assert_one_line_error(cli("train", "--out", "a_file/run", cwd=tmp_path), "cannot write the run directory")
+    assert_one_line_error(microgpt("train", "--out", "a_file/run", cwd=tmp_path), "cannot write the run directory")
 
 
 def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    result = cli("train", "--lr", 1e30, "--eval-every", 1, "--out", "run", cwd=tmp_path)
+    result = microgpt("train", "--lr", 1e30, "--eval-every", 1, "--out", "run", cwd=tmp_path)
     assert_one_line_error(result, "training diverged: the loss is", code=1)
     _, meta = checkpoint.load(tmp_path / "run" / "checkpoint.safetensors")
     assert f"at step {meta['step'] + 1}; the last good checkpoint is run/checkpoint.safetensors (step {meta['step']})" \
@@ -83,15 +74,15 @@ NONSENSE = {
 @pytest.mark.parametrize("case", NONSENSE)
 def test_nonsense_numbers(tmp_path, case):
     args, message = NONSENSE[case]
-    assert_one_line_error(cli(*args, cwd=tmp_path), message)
+    assert_one_line_error(microgpt(*args, cwd=tmp_path), message)
 
 
 def test_prompt_with_characters_never_seen_names_them(run):
-    assert_one_line_error(cli("sample", "--from", run, "--prompt", "Zoë", cwd=run.parent), "never seen 'Zë'")
+    assert_one_line_error(microgpt("sample", "--from", run, "--prompt", "Zoë", cwd=run.parent), "never seen 'Zë'")
 
 
 def test_prompt_longer_than_the_block(run):
-    assert_one_line_error(cli("sample", "--from", run, "--prompt", "a" * 16, cwd=run.parent),
+    assert_one_line_error(microgpt("sample", "--from", run, "--prompt", "a" * 16, cwd=run.parent),
                           "the prompt is 16 tokens; this model sees at most 16")
 
 
@@ -126,21 +117,21 @@ CHECKPOINTS = {
 def test_unusable_checkpoints(run, tmp_path, case):
     damage, message = CHECKPOINTS[case]
     path = damaged_copy(run, tmp_path, damage)
-    assert_one_line_error(cli("sample", "--from", path, cwd=tmp_path), message)
+    assert_one_line_error(microgpt("sample", "--from", path, cwd=tmp_path), message)
 
 
 def test_resume_refuses_data_that_changed(tmp_path):
     (tmp_path / "words.txt").write_text("anna\nbob\nclara\ndave\n")
-    assert cli("train", "--data", "words.txt", "--steps", 4, "--out", "run", cwd=tmp_path).returncode == 0
+    assert microgpt("train", "--data", "words.txt", "--steps", 4, "--out", "run", cwd=tmp_path).returncode == 0
     (tmp_path / "words.txt").write_text("anna\nbob\nclara\ndave\nzed\n")
-    assert_one_line_error(cli("train", "--resume", "run", cwd=tmp_path), "has changed since this run started")
+    assert_one_line_error(microgpt("train", "--resume", "run", cwd=tmp_path), "has changed since this run started")
 
 
 def test_resume_keeps_its_directory(run):
-    assert_one_line_error(cli("train", "--resume", run, "--out", "elsewhere", cwd=run.parent),
+    assert_one_line_error(microgpt("train", "--resume", run, "--out", "elsewhere", cwd=run.parent),
                           "continues in its own directory")
 
 
 def test_tokenize_save_to_nowhere(run):
-    assert_one_line_error(cli("tokenize", "--from", run, "ab", "--save", "/no/such/dir/t.txt", cwd=run.parent),
+    assert_one_line_error(microgpt("tokenize", "--from", run, "ab", "--save", "/no/such/dir/t.txt", cwd=run.parent),
                           "cannot write /no/such/dir/t.txt")

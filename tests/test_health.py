@@ -1,44 +1,111 @@
-"""Training health: the statistics, the warnings, and the record every logged step writes."""
+"""Training health: each engine measures the same numbers in its own arithmetic; the warnings; the record every
+logged step writes."""
 import json
 import math
 import random
 
+import pytest
+from conftest import microgpt
+
 from microgpt import atomic, engines, health
+from microgpt.initialisation import reference_weights
+from microgpt.layout import segments
+from microgpt.trace import nested, trace
+
+CFG = atomic.GPTConfig(vocab_size=5, block_size=6, n_layer=2, n_embd=8, n_head=2)
+TRACED = [name for name in engines.installed() if name != "scalar"]
 
 
-def test_tensor_stats():
-    stats = health.tensor_stats({"w": [3.0, 4.0]}, {"w": [3.0, 4.5]}, {"w": [[0.0, 2.0]]})
-    assert stats["w"] == {"grad_norm": 2.0, "update_ratio": 0.1, "weight_rms": 5 / math.sqrt(2)}
+def norm(values):
+    return math.sqrt(sum(x * x for x in values))
 
 
-def test_layer_stats_and_dead_relus():
-    record = {"layer0.mlp.residual": [[3.0, 4.0]], "layer0.mlp.relu": [[0.0, 1.0, 0.0, 2.0], [0.0, 0.0, 0.0, 1.0]]}
-    assert health.layer_stats(record, 1) == [{"activation_rms": 5 / math.sqrt(2), "dead_relu": 0.5}]
+def step_with_health(name, tokens=(4, 0, 1, 3, 2)):
+    """An engine after one clipped AdamW step, the weights before it, its gradients, and its health."""
+    engine = engines.create(name, CFG, reference_weights(CFG, random.Random(1), std=0.5))
+    engine.loss_and_grads([[4, 0, 1, 2, 3, 4], [4, 2, 4]])
+    before, grads = list(engine.weights()), list(engine.gradients())
+    snapshot = engine.health_snapshot()
+    engine.clip_grads(0.1)
+    engine.adam_step(0, 0.01, weight_decay=0.1)
+    return engine, before, grads, engine.health(snapshot, list(tokens))
 
 
-def test_the_first_non_finite_value_is_named_in_forward_order():
-    cfg = atomic.GPTConfig(vocab_size=5, block_size=4, n_layer=2, n_embd=8, n_head=2)
-    weights = atomic.init_weights(cfg, random.Random(0))
-    weights["layer1.mlp_fc1"][3][2] = float("nan")
-    name = engines.fastest() if engines.fastest() != "scalar" else "python"
-    record = engines.create(name, cfg, weights).trace([4, 0, 1])
-    assert health.first_non_finite(record) == "layer1.mlp.fc1"
+@pytest.mark.parametrize("name", engines.installed())
+def test_tensor_statistics_are_what_their_names_say(name):
+    engine, before, grads, stats = step_with_health(name)
+    after = list(engine.weights())
+    for tensor, (start, (rows, cols)) in segments(CFG).items():
+        part = slice(start, start + rows * cols)
+        w0, w1, g = before[part], after[part], grads[part]
+        want = {"grad_norm": norm(g), "update_ratio": norm([b - a for a, b in zip(w0, w1)]) / norm(w0),
+                "weight_rms": norm(w0) / math.sqrt(len(w0))}
+        for key, value in want.items():
+            assert math.isclose(stats["tensors"][tensor][key], value, rel_tol=1e-12), (tensor, key)
+    assert math.isclose(stats["grad_norm"], norm(grads), rel_tol=1e-12)  # before clipping
 
 
-def test_collapsed_attention_and_exploding_gradients_warn():
-    record = {"layer0.attn.weights": [[[1.0, 0.0], [0.995, 0.005]], [[1.0, 0.0], [0.5, 0.5]]],
-              "embedding": [[1.0]]}
+@pytest.mark.parametrize("name", TRACED)
+def test_layer_statistics_are_what_their_names_say(name):
+    engine, _, _, stats = step_with_health(name)
+    record = {key: nested(*value) for key, value in trace(engine, [4, 0, 1, 3, 2]).items()}
+    for li, layer in enumerate(stats["layers"]):
+        stream = [x for row in record[f"layer{li}.mlp.residual"] for x in row]
+        relu = record[f"layer{li}.mlp.relu"]  # (T, 4C): a unit is dead when it is 0 at every position
+        dead = sum(1 for unit in zip(*relu) if not any(unit)) / len(relu[0])
+        assert math.isclose(layer["activation_rms"], norm(stream) / math.sqrt(len(stream)), rel_tol=1e-12)
+        assert layer["dead_relu"] == dead
+    assert stats["non_finite"] is None and stats["collapsed"] == []
+
+
+def test_every_engine_measures_the_same_health():
+    reference = step_with_health("python")[3]
+    for name in TRACED:
+        stats = step_with_health(name)[3]
+        pairs = [*zip(stats["layers"], reference["layers"]),
+                 *((stats["tensors"][tensor], reference["tensors"][tensor]) for tensor in reference["tensors"])]
+        for got, want in pairs:
+            assert got == pytest.approx(want, rel=1e-12), name
+
+
+@pytest.mark.parametrize("name", TRACED)
+def test_the_first_non_finite_value_is_named_in_forward_order(name):
+    weights = reference_weights(CFG, random.Random(0))
+    start, (_, cols) = segments(CFG)["layer1.mlp_fc1"]
+    weights[start + 3 * cols + 2] = float("nan")  # row 3, column 2 of layer 1's mlp_fc1
+    engine = engines.create(name, CFG, weights)
+    assert engine.first_non_finite([4, 0, 1]) == "layer1.mlp.fc1"
+    snapshot = engine.health_snapshot()
+    assert engine.health(snapshot, [4, 0, 1])["non_finite"] == "layer1.mlp.fc1"
+
+
+@pytest.mark.parametrize("name", TRACED)
+def test_a_head_whose_queries_all_look_at_one_key_has_collapsed(name):
+    # huge query and key weights make every score gap enormous: each softmax row becomes one-hot
+    weights = reference_weights(CFG, random.Random(2))
+    for tensor in ("layer0.attn_wq", "layer0.attn_wk"):
+        start, (rows, cols) = segments(CFG)[tensor]
+        for i in range(start, start + rows * cols):
+            weights[i] *= 1e4
+    engine = engines.create(name, CFG, weights)
+    stats = engine.health(engine.health_snapshot(), [4, 0, 1, 3, 2])
+    assert {(0, 0), (0, 1)} <= set(stats["collapsed"])
+
+
+def test_warnings_for_collapse_non_finite_values_and_exploding_gradients():
     monitor = health.Monitor()
-    assert monitor.warnings(5, 1.0, record, 1) == [
-        "warning: step 5: attention collapsed in layer 0, head 0 (every query on one key)"]
-    for step in range(3):
-        assert monitor.warnings(step, 1.0, None, 1) == []
-    assert "gradient norm 50 is over 10x its recent median 1" in monitor.warnings(9, 50.0, None, 1)[0]
+    quiet = {"grad_norm": 1.0, "non_finite": None, "collapsed": []}
+    assert monitor.warnings(5, {**quiet, "collapsed": [(0, 1)]}) == [
+        "warning: step 5: attention collapsed in layer 0, head 1 (every query on one key)"]
+    assert monitor.warnings(6, {**quiet, "non_finite": "layer0.mlp.fc1"}) == [
+        "warning: step 6: a value that is not finite first appears in layer0.mlp.fc1"]
+    assert monitor.warnings(7, quiet) == []
+    assert "gradient norm 50 is over 10x its recent median 1" in monitor.warnings(9, {**quiet, "grad_norm": 50.0})[0]
 
 
-def test_every_logged_step_records_health(run, tmp_path):
-    result = run("-m", "microgpt", "train", "--steps", 20, "--log-every", 10, "--health", "--out", tmp_path / "r",
-                 "--n-layer", 2, "--num-samples", 0)
+def test_every_logged_step_records_health(tmp_path):
+    result = microgpt("train", "--steps", 20, "--log-every", 10, "--health", "--out", "r", "--n-layer", 2,
+                      "--num-samples", 0, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("  health: gradient norm") == 2
     records = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]

@@ -10,10 +10,12 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
-from test_engines import max_relative_difference
+from conftest import ROOT, microgpt, run_python
+from test_engines import worst_tensor
 
 from microgpt import atomic, checkpoint
+from microgpt.initialisation import reference_weights
+from microgpt.layout import segments
 
 torch_engine = pytest.importorskip("microgpt.engines.torch", reason="the torch engine needs torch (CI installs it)")
 
@@ -21,16 +23,20 @@ CFG = atomic.GPTConfig(vocab_size=7, block_size=8, n_layer=2, n_embd=16, n_head=
 BATCH = [[6, 0, 1, 2, 6], [6, 3, 4, 5, 1, 2, 0, 1, 3, 4, 6], [6, 2, 6]]
 
 
+def engine(**options):
+    return torch_engine.Engine(CFG, reference_weights(CFG, random.Random(1)), **options)
+
+
 def loss_and_grads(**options):
-    engine = torch_engine.Engine(CFG, atomic.init_weights(CFG, random.Random(1)), **options)
-    return engine.loss_and_grads(BATCH), engine.grad_dict()
+    model = engine(**options)
+    return model.loss_and_grads(BATCH), model.gradients().copy()
 
 
 def assert_close(got, want, tolerance):
     (loss, grads), (want_loss, want_grads) = got, want
     assert abs(loss - want_loss) <= tolerance * abs(want_loss)
-    worst = max(max_relative_difference(grads[n], want_grads[n]) for n in want_grads)
-    assert worst <= tolerance, f"gradients differ by {worst:.2e}"
+    tensor, worst = worst_tensor(grads, want_grads, CFG)
+    assert worst <= tolerance, f"{tensor} gradients differ by {worst:.2e}"
 
 
 def test_float32_agrees_with_float64():
@@ -48,21 +54,43 @@ def test_fused_attention_kernel_computes_the_same_attention():
 def test_padding_to_the_block_changes_nothing():
     # what --compile does (one shape for every batch): the padding is masked out of the loss, and causal
     # attention keeps it from every real token, so the loss and every gradient are the same
-    engine = torch_engine.Engine(CFG, atomic.init_weights(CFG, random.Random(1)))
-    engine.pad_to_block = True
-    assert_close((engine.loss_and_grads(BATCH), engine.grad_dict()), loss_and_grads(), 1e-13)
+    padded = engine()
+    padded.pad_to_block = True
+    assert_close((padded.loss_and_grads(BATCH), padded.gradients()), loss_and_grads(), 1e-13)
 
 
 def test_batch_is_the_token_weighted_mean_of_its_documents():
-    engine = torch_engine.Engine(CFG, atomic.init_weights(CFG, random.Random(1)))
+    model = engine()
     counts = [min(CFG.block_size, len(doc) - 1) for doc in BATCH]  # the long one is cut to the block
-    parts = [(engine.loss_and_grads([doc]), engine.grad_dict()) for doc in BATCH]
+    parts = [(model.loss_and_grads([doc]), model.gradients().copy()) for doc in BATCH]
     total = sum(counts)
     loss = sum(n * part_loss for n, (part_loss, _) in zip(counts, parts)) / total
-    torch = torch_engine.torch
-    grads = {name: (sum(torch.tensor(g[name], dtype=torch.float64) * n for n, (_, g) in zip(counts, parts))
-                    / total).tolist() for name in parts[0][1]}
+    grads = sum(n * part_grads for n, (_, part_grads) in zip(counts, parts)) / total
     assert_close(loss_and_grads(), (loss, grads), 1e-13)
+
+
+def test_parameters_and_their_gradients_are_views_into_the_flat_tensors():
+    # autograd adds each parameter's gradient into its .grad, a view into the flat gradients, which Adam and the
+    # checkpoints read whole; a parameter is a view into the flat weights, which Adam updates in place
+    model = engine()
+    model.loss_and_grads(BATCH)
+    grads, weights = model.gradients(), model.weights()
+    start, (rows, cols) = segments(CFG)["layer1.mlp_fc1"]
+    parameter = dict(model.model.named_parameters())["layer1.mlp_fc1"]
+    assert parameter.grad.flatten().tolist() == grads[start:start + rows * cols].tolist() and grads.any()
+    model.adam_step(0, 0.01)
+    assert parameter.detach().flatten().tolist() == weights[start:start + rows * cols].tolist()
+
+
+@pytest.mark.parametrize("attention", ["manual", "sdpa"])
+def test_the_traced_forward_pass_is_the_models(attention):
+    # record() walks GPT.forward's steps again: it must end where forward ends
+    model = engine(attention=attention)
+    tokens = [6, 0, 1, 2, 3, 4]
+    logits = model.forward(tokens, model.new_cache())
+    shape, traced = model.flat(model.record(tokens).logits)
+    assert shape == (6, CFG.vocab_size)
+    assert max(abs(a - b) for a, b in zip(traced.tolist(), (x for row in logits for x in row))) <= 1e-12
 
 
 TORCHRUN = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
@@ -71,11 +99,11 @@ COMMON = ["--engine", "torch", "--device", "cpu", "--batch-size", 4, "--log-ever
 
 
 def train(*args, nproc=None, cwd):
-    launcher = [TORCHRUN, f"--nproc_per_node={nproc}", "-m", "microgpt"] if nproc else [sys.executable, "-m",
-                                                                                        "microgpt"]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    return subprocess.run([*launcher, "train", *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=600)
+    """`train ARGS` in one process, or under torchrun in `nproc`; one thread each, so that ranks do not compete."""
+    if nproc:
+        return run_python(f"--nproc_per_node={nproc}", "-m", "microgpt", "train", *args, cwd=cwd, python=TORCHRUN,
+                          env={"OMP_NUM_THREADS": "1"})
+    return microgpt("train", *args, cwd=cwd, env={"OMP_NUM_THREADS": "1"})
 
 
 def losses(run_dir):

@@ -1,5 +1,6 @@
 """The everyday workflow: a run directory with checkpoints and a log, held-out evaluation, a resume that
 continues bit for bit (after Ctrl-C too), and sampling from what was saved."""
+import io
 import json
 import os
 import signal
@@ -7,12 +8,12 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, microgpt
 from test_engines import FAST
 
 from microgpt import checkpoint
-from microgpt.config import TrainConfig
-from microgpt.train import RunSettings, Trainer
+from microgpt.config import RunSettings, TrainConfig
+from microgpt.train import Trainer
 
 
 def small_settings(data, steps=12, **train):
@@ -35,16 +36,18 @@ def prose(tmp_path):
     return path
 
 
-def run_steps(settings, out_dir, stop_after=None, resume=None, quiet=open(os.devnull, "w")):  # noqa: B008
-    trainer = Trainer(settings, str(out_dir), stream=quiet, resume_from=resume)
-    step = trainer._step
+def run_steps(settings, out_dir, stop_after=None, resume=None):
+    """A Trainer run in out_dir, with a Ctrl-C delivered right after step `stop_after`."""
+    trainer = Trainer(settings, str(out_dir), stream=io.StringIO(), resume_from=resume)
+    step = trainer.train_step
 
-    def step_then_maybe_stop(progress):  # what Ctrl-C does, at a chosen step
+    def step_then_maybe_stop(progress):
         step(progress)
         if trainer.step == stop_after:
-            trainer.interrupted = 1.0
-    trainer._step = step_then_maybe_stop
-    return trainer, trainer.run()
+            trainer._interrupt(signal.SIGINT, None)  # what the signal handler does
+    trainer.train_step = step_then_maybe_stop
+    trainer.run()
+    return trainer
 
 
 @pytest.mark.parametrize("data", ["words", "prose"])
@@ -53,23 +56,18 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights_bit_for_bit(engi
     settings = small_settings(request.getfixturevalue(data), weight_decay=0.1, grad_clip=0.5, warmup=2,
                               schedule="cosine")
     settings = RunSettings(**{**settings.__dict__, "engine": engine})
-    whole, _ = run_steps(settings, tmp_path / "whole")
-    _, saved = run_steps(settings, tmp_path / "parts", stop_after=7)
-    resumed, _ = run_steps(settings, tmp_path / "parts", resume=checkpoint.load(saved))
+    whole = run_steps(settings, tmp_path / "whole")
+    assert run_steps(settings, tmp_path / "parts", stop_after=7).step == 7
+    resumed = run_steps(settings, tmp_path / "parts", resume=checkpoint.load(tmp_path / "parts"))
     assert resumed.step == whole.step == 12
-    a, b = whole.engine.export_state(), resumed.engine.export_state()
-    assert all(list(a[name]) == list(b[name]) for name in a)  # weights and Adam moments, exactly
+    for a, b in zip((whole.engine.weights(), *whole.engine.moments()),
+                    (resumed.engine.weights(), *resumed.engine.moments())):
+        assert list(a) == list(b)  # weights and Adam moments, exactly
     assert whole.samples(3, 1.0) == resumed.samples(3, 1.0)  # and the random stream too
 
 
-def cli(*args, cwd, timeout=300):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "microgpt", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
 def test_run_directory_holds_checkpoints_and_a_jsonl_log(tmp_path, words):
-    result = cli("train", "--data", words, "--steps", 10, "--eval-every", 5, "--log-every", 2, "--out", "run",
+    result = microgpt("train", "--data", words, "--steps", 10, "--eval-every", 5, "--log-every", 2, "--out", "run",
                  "--num-samples", 2, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "lines (one short item per line, no blank lines); 12 documents to train on, 1 held out" in result.stdout
@@ -83,7 +81,7 @@ def test_run_directory_holds_checkpoints_and_a_jsonl_log(tmp_path, words):
 
 def test_ctrl_c_saves_and_resume_finishes_the_same_run(tmp_path):
     common = ("--engine", "python", "--steps", 400, "--log-every", 1, "--num-samples", 0)
-    whole = cli("train", *common, "--out", "whole", cwd=tmp_path)
+    whole = microgpt("train", *common, "--out", "whole", cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     process = subprocess.Popen([sys.executable, "-m", "microgpt", "train", *map(str, common), "--out", "parts"],
@@ -97,7 +95,7 @@ def test_ctrl_c_saves_and_resume_finishes_the_same_run(tmp_path):
     assert "interrupted after step" in out and "resume with: python -m microgpt train --resume parts" in out
     _, meta = checkpoint.load(tmp_path / "parts" / "checkpoint.safetensors")
     assert 3 <= meta["step"] < 400
-    resumed = cli("train", "--resume", "parts", "--num-samples", 0, cwd=tmp_path)
+    resumed = microgpt("train", "--resume", "parts", "--num-samples", 0, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming after step {meta['step']}" in resumed.stdout
     a, _ = checkpoint.load(tmp_path / "whole" / "checkpoint.safetensors")
@@ -106,42 +104,42 @@ def test_ctrl_c_saves_and_resume_finishes_the_same_run(tmp_path):
 
 
 def test_sample_with_a_prompt_and_marks_copies(tmp_path):
-    assert cli("train", "--out", "run", "--num-samples", 0, cwd=tmp_path).returncode == 0
-    result = cli("sample", "--from", "run", "--prompt", "ma", "--num-samples", 10, cwd=tmp_path)
+    assert microgpt("train", "--out", "run", "--num-samples", 0, cwd=tmp_path).returncode == 0
+    result = microgpt("sample", "--from", "run", "--prompt", "ma", "--num-samples", 10, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("run/best.safetensors: step 1000, held-out loss")
     assert all(line[5:].startswith("ma") for line in lines[1:])
     assert any(line.endswith("(a training document)") for line in lines[1:])
-    again = cli("sample", "--from", "run", "--prompt", "ma", "--num-samples", 10, cwd=tmp_path)
+    again = microgpt("sample", "--from", "run", "--prompt", "ma", "--num-samples", 10, cwd=tmp_path)
     assert again.stdout == result.stdout  # same seed, same samples
-    greedy = [cli("sample", "--from", "run", *flags, "--num-samples", 2, cwd=tmp_path).stdout.splitlines()[1:]
+    greedy = [microgpt("sample", "--from", "run", *flags, "--num-samples", 2, cwd=tmp_path).stdout.splitlines()[1:]
               for flags in (["--temperature", 0], ["--top-k", 1], ["--top-p", 0.001])]
     assert greedy[0] == greedy[1] == greedy[2] and greedy[0][0][5:] == greedy[0][1][5:]
 
 
 def test_stream_data_trains_on_windows_and_samples_running_text(tmp_path, prose):
-    result = cli("train", "--data", prose, "--steps", 5, "--block-size", 16, "--out", "run", "--num-samples", 1,
+    result = microgpt("train", "--data", prose, "--steps", 5, "--block-size", 16, "--out", "run", "--num-samples", 1,
                  cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "stream (it has blank lines, so it reads as running text)" in result.stdout
     assert "--- 1" in result.stdout
-    sample = cli("sample", "--from", "run", "--prompt", "It was", "--max-new-tokens", 40, "--num-samples", 1,
+    sample = microgpt("sample", "--from", "run", "--prompt", "It was", "--max-new-tokens", 40, "--num-samples", 1,
                  cwd=tmp_path)
     assert sample.returncode == 0 and sample.stdout.splitlines()[2].startswith("It was")
 
 
 def test_presets_run(tmp_path):
     for preset in ("names", "shakespeare"):
-        result = cli("train", "--preset", preset, "--steps", 2, "--warmup", 1, "--eval-every", 2,
+        result = microgpt("train", "--preset", preset, "--steps", 2, "--warmup", 1, "--eval-every", 2,
                      "--num-samples", 0, "--out", preset, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
 
 
 def test_a_float32_run_samples_on_every_engine(tmp_path):
-    assert cli("train", "--dtype", "float32", "--engine", "numpy", "--steps", 50, "--out", "run",
+    assert microgpt("train", "--dtype", "float32", "--engine", "numpy", "--steps", 50, "--out", "run",
                "--num-samples", 0, cwd=tmp_path).returncode == 0
-    outputs = [cli("sample", "--from", "run", "--engine", engine, "--temperature", 0, "--num-samples", 1,
+    outputs = [microgpt("sample", "--from", "run", "--engine", engine, "--temperature", 0, "--num-samples", 1,
                    cwd=tmp_path) for engine in ("python", "numpy")]
     assert all(out.returncode == 0 for out in outputs), [out.stderr for out in outputs]
     assert outputs[0].stdout.splitlines()[1] == outputs[1].stdout.splitlines()[1]  # float32 weights, same argmax

@@ -1,23 +1,18 @@
 """Engines: the same model, loss, gradients and Adam step, computed at different speeds.
 
-Every engine is one file with a class `Engine(cfg, weights, dtype="float64", ...)`, its `dtypes`, and the
-same calls:
-  state_dict(), grad_dict()   weights and last gradients as {name: list of rows of floats}
-  new_cache(), forward(tokens, cache) -> logits (T, V) as lists, continuing after the cached positions
-  loss(batch), loss_and_grads(batch) -> the mean loss over every predicted token of a batch of token
-                              lists (the second also fills the gradients)
-  clip_grads(max_norm) -> the global gradient norm before clipping
-  adam_step(step, lr_t, beta1, beta2, eps, weight_decay)   one AdamW update, in the reference's order
-  export_state(), load_state(state)   weights and Adam's moments as {name: flat floats} (checkpoints)
-All start from the same weights (atomic.init_weights) and compute the same numbers, to rounding:
-tests/test_engines.py holds each to the scalar reference."""
+Each engine is one file with a class Engine that keeps the interface of microgpt/engines/base.py; this file lists
+them, says which are installed and which is fastest here, and creates one. All start from the same weights
+(initialisation.reference_weights) and compute the same numbers, to rounding: tests/test_engines.py holds each to
+the scalar reference, the atomic file itself.
+"""
 import importlib
 import importlib.util
+import os
 
 from microgpt.errors import UserError
 
 ENGINES = ("scalar", "python", "numpy", "torch")  # slowest first (on a CPU)
-NEEDS = {"numpy": "numpy", "torch": "torch"}  # engine -> the optional package it needs
+NEEDS = {"numpy": ("numpy",), "torch": ("torch", "numpy")}  # engine -> the optional packages it needs
 
 
 def predicted_tokens(batch, block_size):
@@ -27,7 +22,7 @@ def predicted_tokens(batch, block_size):
 
 def installed():
     """The engines whose dependencies are importable here, slowest first."""
-    return [name for name in ENGINES if name not in NEEDS or importlib.util.find_spec(NEEDS[name])]
+    return [name for name in ENGINES if all(importlib.util.find_spec(package) for package in NEEDS.get(name, ()))]
 
 
 def fastest():
@@ -46,14 +41,23 @@ def dtypes(name):
     return importlib.import_module(f"microgpt.engines.{name}").Engine.dtypes if name in installed() else ("float64",)
 
 
+def launched_processes():
+    """How many processes torchrun started for this run (1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def create(name, cfg, weights, dtype="float64", **options):
-    """An engine `name` holding a copy of `weights` ({name: rows of floats}, e.g. atomic.init_weights),
-    computing in `dtype`: float64 everywhere, float32 (and bfloat16) where an engine offers it. `options`
-    (device, attention, compile) are the torch engine's."""
+    """An engine `name` holding a copy of `weights` (a flat array (P,) in the reference order), computing in
+    `dtype`: float64 everywhere, float32 (and bfloat16) where an engine offers it. `options` (device, attention,
+    compile) are the torch engine's."""
     if name not in ENGINES:
         raise UserError(f"unknown engine {name!r}; choose one of: {', '.join(ENGINES)}")
-    if name not in installed():
-        raise UserError(f"the {name} engine needs the {NEEDS[name]} package: pip install {NEEDS[name]}")
+    missing = [package for package in NEEDS.get(name, ()) if not importlib.util.find_spec(package)]
+    if missing:
+        raise UserError(f"the {name} engine needs {' and '.join(missing)}: pip install {' '.join(missing)}")
+    if launched_processes() > 1 and name != "torch":
+        raise UserError(f"started by torchrun with {launched_processes()} processes, but only the torch engine "
+                        "trains on several; add --engine torch")
     options = {key: value for key, value in options.items() if value}
     if options and name != "torch":
         raise UserError(f"--{next(iter(options))} is an option of the torch engine; add --engine torch")

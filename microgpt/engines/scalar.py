@@ -1,26 +1,38 @@
-"""The scalar engine: the atomic file itself behind the engine interface. Every number is a Value in a
-graph, so it is the slowest engine and the reference that every other one is checked against."""
+"""The scalar engine: the atomic file itself behind the engine interface. Every number is a Value in a graph, so
+it is the slowest engine and the reference that every other one is checked against. The atomic file has no hooks
+to record a forward pass (its 250 lines have no room for them), so this engine cannot trace: its training health
+has the per-tensor numbers only."""
 import math
-from array import array
 
 from microgpt import atomic
+from microgpt.engines.base import Engine as Base
+from microgpt.layout import segments
 
 
-class Engine:
+class Engine(Base):
     name = "scalar"
     dtypes = ("float64",)
 
     def __init__(self, cfg, weights, dtype="float64"):
-        self.cfg = cfg
-        self.params = atomic.to_values({name: weights[name] for name in atomic.param_shapes(cfg)})
-        self.flat = [p for mat in self.params.values() for row in mat for p in row]  # (P,) reference order
-        self.m, self.v = [0.0] * len(self.flat), [0.0] * len(self.flat)
+        super().__init__(cfg, dtype)
+        self.params = atomic.to_values({name: [[float(x) for x in weights[start + r * cols:start + (r + 1) * cols]]
+                                               for r in range(rows)]
+                                        for name, (start, (rows, cols)) in segments(cfg).items()})
+        self.values = [p for mat in self.params.values() for row in mat for p in row]  # (P,) reference order
+        self.m, self.v = [0.0] * len(self.values), [0.0] * len(self.values)
 
-    def state_dict(self):
-        return {name: [[p.data for p in row] for row in mat] for name, mat in self.params.items()}
+    @property
+    def p(self):  # (P,) the weights, as floats
+        return [value.data for value in self.values]
 
-    def grad_dict(self):
-        return {name: [[float(p.grad) for p in row] for row in mat] for name, mat in self.params.items()}
+    @property
+    def g(self):  # (P,) their gradients
+        return [float(value.grad) for value in self.values]
+
+    def load_state(self, weights, m, v):
+        for value, x in zip(self.values, weights):
+            value.data = float(x)
+        self.m, self.v = [float(x) for x in m], [float(x) for x in v]
 
     def new_cache(self):
         return [[] for _ in range(self.cfg.n_layer)], [[] for _ in range(self.cfg.n_layer)]
@@ -40,38 +52,27 @@ class Engine:
         return self._loss(batch).data
 
     def loss_and_grads(self, batch):
-        for p in self.flat:
-            p.grad = 0
+        for value in self.values:
+            value.grad = 0
         loss = self._loss(batch)
         loss.backward()
         return loss.data
 
     def clip_grads(self, max_norm):
-        norm = math.sqrt(sum(p.grad * p.grad for p in self.flat))
+        norm = math.sqrt(sum(value.grad * value.grad for value in self.values))
         if norm > max_norm:
-            for p in self.flat:
-                p.grad *= max_norm / norm
+            for value in self.values:
+                value.grad *= max_norm / norm
         return norm
 
     def adam_step(self, step, lr_t, beta1=0.85, beta2=0.99, eps=1e-8, weight_decay=0.0):
         if weight_decay:  # AdamW's decoupled decay, before the Adam update
-            for p in self.flat:
-                p.data -= lr_t * weight_decay * p.data
-        atomic.adam_step(self.flat, self.m, self.v, step, lr_t, beta1, beta2, eps)
+            for value in self.values:
+                value.data -= lr_t * weight_decay * value.data
+        atomic.adam_step(self.values, self.m, self.v, step, lr_t, beta1, beta2, eps)
 
-    def export_state(self):
-        state, i = {}, 0
-        for name, mat in self.params.items():
-            n = len(mat) * len(mat[0])
-            state[name] = array("d", (p.data for row in mat for p in row))
-            state["adam.m." + name] = array("d", self.m[i:i + n])
-            state["adam.v." + name] = array("d", self.v[i:i + n])
-            i += n
-        return state
+    def layer_health(self, tokens):
+        return {"layers": None, "non_finite": None, "collapsed": []}
 
-    def load_state(self, state):
-        weights = [x for name in self.params for x in state[name]]
-        for p, x in zip(self.flat, weights):
-            p.data = float(x)
-        self.m = [float(x) for name in self.params for x in state["adam.m." + name]]
-        self.v = [float(x) for name in self.params for x in state["adam.v." + name]]
+    def first_non_finite(self, tokens):
+        return None

@@ -1,129 +1,37 @@
 """The torch engine: the atomic file's model as a PyTorch nn.Module, for CPU, GPU and many GPUs.
 
-Lay GPT.forward beside atomic.gpt: the same steps in the same order, with the same parameter names
-(wte, wpe, lm_head, layer0.attn_wq, ...) and shapes, so a checkpoint moves between this engine and the
-others. What PyTorch adds is what the abstractions hide: autograd writes every *_backward of the python
-engine for us, one matmul does what a loop of dot products did, and `attention="sdpa"` hands attention to
-F.scaled_dot_product_attention (a fused, flash-attention kernel on GPUs) instead of spelling it out.
+Lay GPT.forward beside atomic.gpt: the same steps in the same order, with the same parameter names (wte, wpe,
+lm_head, layer0.attn_wq, ...). What PyTorch adds is what the abstractions hide: autograd writes every *_backward
+of the python engine for us, one matmul does what a loop of dot products did, and `attention="sdpa"` hands
+attention to F.scaled_dot_product_attention, a fused kernel that never materialises the (T, T) weights. GPT.forward
+records nothing; record() walks the same steps again and keeps every intermediate.
 
-Adam is still written by hand, in the reference's expression order, so that float64 on the CPU agrees with
-the scalar reference to rounding. Under torchrun the module runs inside DistributedDataParallel: each rank
-takes its share of the global batch, and the loss is scaled so that DDP's averaged gradient is exactly the
-gradient of the mean over all the batch's tokens.
+As in the numpy engine, the weights, their gradients and Adam's moments are flat tensors (P,): a parameter is a
+view into the weights and its .grad a view into the gradients (autograd adds into it), so Adam (by hand, in the
+reference's order: float64 agrees with the scalar reference) and clipping are whole-tensor operations, and a
+checkpoint is the bytes of three tensors. Under torchrun the module runs inside DistributedDataParallel: each rank
+takes its share of the batch, and the loss is scaled so that DDP's averaged gradient is the batch mean's gradient.
 
-Shapes: B = sequences, T = tokens per sequence, C = n_embd, H = n_head, D = C // H, V = vocab_size.
+Shapes: B = sequences, T = tokens per sequence, C = n_embd, H = n_head, D = C // H, V = vocab_size, P = parameters.
 """
 import os
-from array import array
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from microgpt.atomic import param_shapes
-from microgpt.engines import predicted_tokens
+from microgpt import health
+from microgpt.engines import launched_processes, predicted_tokens
+from microgpt.engines.base import Engine as Base
+from microgpt.engines.base import Layer, Record
 from microgpt.errors import UserError
-
-DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16}
-PEAK_FLOPS = {  # dense, per GPU, from the vendors' data sheets: (name fragment, dtype) -> FLOP/s
-    ("H100", "bfloat16"): 989e12, ("H100", "float32"): 67e12, ("H100", "float64"): 67e12,
-    ("H200", "bfloat16"): 989e12, ("H200", "float32"): 67e12, ("H200", "float64"): 67e12,
-    ("A100", "bfloat16"): 312e12, ("A100", "float32"): 19.5e12, ("A100", "float64"): 19.5e12,
-}
-
-
-def flops_per_token(cfg):
-    """Training FLOPs per token, as in the PaLM paper's appendix B: 6 per parameter (forward and backward
-    through every weight) plus the attention scores and mixing, 12 * n_layer * n_embd * block_size."""
-    n_params = sum(rows * cols for rows, cols in param_shapes(cfg).values())
-    return 6 * n_params + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+from microgpt.flops import mfu
+from microgpt.layout import segments
 
 
 def rmsnorm(x):  # (..., C) -> (..., C), unit root-mean-square, no gain
     return x * ((x * x).sum(-1, keepdim=True) * x.shape[-1] ** -1 + 1e-5) ** -0.5
-
-
-def causal_mask(Tq, Tk, device):  # (Tq, Tk) True where query i may see key t: t <= Tk - Tq + i
-    return torch.ones(Tq, Tk, dtype=torch.bool, device=device).tril(diagonal=Tk - Tq)
-
-
-class Layer(nn.Module):
-    def __init__(self, C):
-        super().__init__()
-        for name in ("attn_wq", "attn_wk", "attn_wv", "attn_wo"):
-            self.register_parameter(name, nn.Parameter(torch.empty(C, C)))
-        self.mlp_fc1 = nn.Parameter(torch.empty(4 * C, C))
-        self.mlp_fc2 = nn.Parameter(torch.empty(C, 4 * C))
-
-
-class GPT(nn.Module):
-    def __init__(self, cfg, attention="manual"):
-        super().__init__()
-        self.cfg, self.attention = cfg, attention
-        C = cfg.n_embd
-        self.wte = nn.Parameter(torch.empty(cfg.vocab_size, C))
-        self.wpe = nn.Parameter(torch.empty(cfg.block_size, C))
-        self.lm_head = nn.Parameter(torch.empty(cfg.vocab_size, C))
-        for i in range(cfg.n_layer):
-            self.add_module(f"layer{i}", Layer(C))  # parameters named layer0.attn_wq, ... as in the reference
-
-    def forward(self, tokens, cache=None, record=None):
-        """Logits (B, T, V) for tokens (B, T) at the positions after those in `cache` (per layer, keys and
-        values (B, H, T', D), which this call extends), or from position 0 without one. `record`, a dict,
-        receives every intermediate under the names microgpt/trace.py lists."""
-        cfg, H = self.cfg, self.cfg.n_head
-        keep = record.__setitem__ if record is not None else lambda name, value: None
-        T = tokens.shape[1]
-        start = cache[0][0].shape[2] if cache and cache[0] else 0
-        x = self.wte[tokens] + self.wpe[start:start + T]  # (B, T, C)
-        keep("embedding", x)
-        x = rmsnorm(x)
-        keep("embedding.norm", x)
-        for li in range(cfg.n_layer):
-            layer, L = getattr(self, f"layer{li}"), f"layer{li}."
-            residual = x
-            x = rmsnorm(x)
-            keep(L + "attn.norm", x)
-            q, k, v = (x @ w.T for w in (layer.attn_wq, layer.attn_wk, layer.attn_wv))  # (B, T, C) each
-            keep(L + "attn.q", q), keep(L + "attn.k", k), keep(L + "attn.v", v)
-            q, k, v = split_heads(q, H), split_heads(k, H), split_heads(v, H)  # (B, H, T, D)
-            if cache is not None:
-                if cache[li]:
-                    k, v = torch.cat([cache[li][0], k], dim=2), torch.cat([cache[li][1], v], dim=2)
-                cache[li] = (k, v)
-            out = self.attend(q, k, v, keep if record is not None else None, L)  # (B, H, T, D)
-            keep(L + "attn.heads", merge_heads(out))
-            x = merge_heads(out) @ layer.attn_wo.T
-            keep(L + "attn.proj", x)
-            x = x + residual
-            keep(L + "attn.residual", x)
-            residual = x
-            x = rmsnorm(x)
-            keep(L + "mlp.norm", x)
-            x = x @ layer.mlp_fc1.T  # (B, T, 4C)
-            keep(L + "mlp.fc1", x)
-            x = torch.relu(x)
-            keep(L + "mlp.relu", x)
-            x = x @ layer.mlp_fc2.T  # (B, T, C)
-            keep(L + "mlp.fc2", x)
-            x = x + residual
-            keep(L + "mlp.residual", x)
-        return x @ self.lm_head.T  # (B, T, V)
-
-    def attend(self, q, k, v, keep=None, L=""):
-        """(B, H, Tq, D) of causal attention; `keep(name, tensor)` records the scores and weights, which
-        the fused kernel never materialises, so recording always takes the path spelled out."""
-        mask = causal_mask(q.shape[2], k.shape[2], q.device)
-        if self.attention == "sdpa" and keep is None:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** 0.5) ** -1  # (B, H, Tq, Tk)
-        scores = scores.masked_fill(~mask, float("-inf"))
-        e = torch.exp(scores - scores.amax(-1, keepdim=True))
-        att = e * e.sum(-1, keepdim=True) ** -1
-        if keep:
-            keep(L + "attn.scores", scores)
-            keep(L + "attn.weights", att)
-        return att @ v
 
 
 def split_heads(x, n_head):  # (B, T, C) -> (B, H, T, D)
@@ -136,41 +44,128 @@ def merge_heads(x):  # (B, H, T, D) -> (B, T, C)
     return x.transpose(1, 2).reshape(B, T, H * D)
 
 
-def default_device():
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+def causal_mask(Tq, Tk, device):  # (Tq, Tk) True where query i may see key t: t <= Tk - Tq + i
+    return torch.ones(Tq, Tk, dtype=torch.bool, device=device).tril(diagonal=Tk - Tq)
 
 
-class Engine:
-    """GPT, its Adam moments and, under torchrun, its DistributedDataParallel wrapper, behind the
-    interface every engine offers."""
+def attention_scores(q, k):  # (B, H, Tq, D), (B, H, Tk, D) -> (B, H, Tq, Tk): q.k / sqrt(D), -inf on the future
+    scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** 0.5) ** -1
+    return scores.masked_fill(~causal_mask(q.shape[2], k.shape[2], q.device), float("-inf"))
+
+
+def softmax(z):  # along the last axis, the reference's arithmetic: exp(z - max) * (sum)^-1
+    e = torch.exp(z - z.amax(-1, keepdim=True))
+    return e * e.sum(-1, keepdim=True) ** -1
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg, weights, attention="manual"):
+        """The model whose parameters are views into `weights`, a flat tensor (P,) in the reference order."""
+        super().__init__()
+        self.cfg, self.attention = cfg, attention
+        views = {name: weights[start:start + rows * cols].view(rows, cols)
+                 for name, (start, (rows, cols)) in segments(cfg).items()}
+        self.wte, self.wpe, self.lm_head = (nn.Parameter(views[name]) for name in ("wte", "wpe", "lm_head"))
+        for i in range(cfg.n_layer):  # one block's weights, named layer0.attn_wq, ...
+            self.add_module(f"layer{i}", nn.ParameterDict({name.split(".")[1]: nn.Parameter(view) for name, view in
+                                                           views.items() if name.startswith(f"layer{i}.")}))
+
+    def forward(self, tokens, cache=None):
+        """Logits (B, T, V) for tokens (B, T) at the positions after those in `cache` (per layer, keys and values
+        (B, H, T', D), which this call extends), or from position 0 without one."""
+        cfg, H = self.cfg, self.cfg.n_head
+        start = cache[0][0].shape[2] if cache and cache[0] else 0
+        x = self.wte[tokens] + self.wpe[start:start + tokens.shape[1]]  # token + position embedding (B, T, C)
+        x = rmsnorm(x)
+        for li in range(cfg.n_layer):
+            layer = getattr(self, f"layer{li}")
+            # Attention: each head looks back over the cached positions and takes a weighted mix.
+            x_residual = x
+            x = rmsnorm(x)
+            q, k, v = (split_heads(x @ w.T, H) for w in (layer.attn_wq, layer.attn_wk, layer.attn_wv))  # (B, H, T, D)
+            if cache is not None:
+                if cache[li]:
+                    k, v = torch.cat([cache[li][0], k], dim=2), torch.cat([cache[li][1], v], dim=2)
+                cache[li] = (k, v)
+            x = merge_heads(self.attend(q, k, v)) @ layer.attn_wo.T  # (B, T, C)
+            x = x + x_residual
+            # MLP: widen to 4C, keep the positive part, project back; again added to the residual.
+            x_residual = x
+            x = rmsnorm(x)
+            x = torch.relu(x @ layer.mlp_fc1.T)  # (B, T, 4C)
+            x = x @ layer.mlp_fc2.T  # (B, T, C)
+            x = x + x_residual
+        return x @ self.lm_head.T  # (B, T, V)
+
+    def attend(self, q, k, v):  # (B, H, Tq, D) of causal attention: the fused kernel, or spelled out
+        if self.attention == "sdpa":
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(q.shape[2], k.shape[2], q.device))
+        return softmax(attention_scores(q, k)) @ v
+
+    def record(self, tokens):
+        """The Record of one forward pass over tokens (T,): GPT.forward's steps again, each kept under its trace name
+        (attention spelled out, since the fused kernel never materialises the scores and weights)."""
+        H = self.cfg.n_head
+        embedding = self.wte[tokens] + self.wpe[:len(tokens)]  # (T, C)
+        x = embedding_norm = rmsnorm(embedding)
+        layers = []
+        for li in range(self.cfg.n_layer):
+            layer = getattr(self, f"layer{li}")
+            attn_norm = rmsnorm(x)
+            q, k, v = (attn_norm @ w.T for w in (layer.attn_wq, layer.attn_wk, layer.attn_wv))  # (T, C)
+            scores = attention_scores(*(split_heads(t[None], H) for t in (q, k)))[0]  # (H, T, T)
+            weights = softmax(scores)
+            heads = merge_heads((weights @ split_heads(v[None], H)[0])[None])[0]  # (T, C)
+            proj = heads @ layer.attn_wo.T
+            attn_residual = proj + x
+            mlp_norm = rmsnorm(attn_residual)
+            fc1 = mlp_norm @ layer.mlp_fc1.T  # (T, 4C)
+            relu = torch.relu(fc1)
+            fc2 = relu @ layer.mlp_fc2.T  # (T, C)
+            x = fc2 + attn_residual
+            layers.append(Layer(attn_norm, q, k, v, scores, weights, heads, proj, attn_residual, mlp_norm, fc1, relu,
+                                fc2, x))
+        return Record(embedding, embedding_norm, layers, x @ self.lm_head.T)
+
+
+def adam_update(p, g, m, v, step, lr_t, beta1, beta2, eps, weight_decay):
+    """AdamW on every parameter at once, in place on flat tensors (P,), in the reference's order."""
+    if weight_decay:
+        p.sub_(lr_t * weight_decay * p)
+    bias1, bias2 = 1 - beta1 ** (step + 1), 1 - beta2 ** (step + 1)
+    m.mul_(beta1).add_((1 - beta1) * g)
+    v.mul_(beta2).add_((1 - beta2) * g**2)
+    p.sub_(lr_t * (m / bias1) / ((v / bias2) ** 0.5 + eps))
+
+
+class Engine(Base):
+    """GPT, its gradients and Adam's moments and, under torchrun, its DistributedDataParallel wrapper."""
 
     name = "torch"
     dtypes = ("float64", "float32", "bfloat16")
 
     def __init__(self, cfg, weights, dtype="float64", device=None, attention="manual", compile=False):
-        self.cfg, self.shapes = cfg, param_shapes(cfg)
-        self.device = torch.device(device or default_device())
-        distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        super().__init__(cfg, dtype)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "mps"
+                                              if torch.backends.mps.is_available() else "cpu"))
+        distributed = launched_processes() > 1
         if distributed and self.device.type == "cuda":  # each process its own GPU, before anything is on one
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(self.device)
         # bfloat16 trains float32 weights under autocast (CUDA); the others are the weights' own dtype
         self.autocast = dtype == "bfloat16"
-        self.dtype = torch.float32 if self.autocast else DTYPES[dtype]
+        self.dtype = torch.float32 if self.autocast else getattr(torch, dtype)
         if self.dtype == torch.float64 and self.device.type == "mps":
             raise UserError("MPS has no float64; use --dtype float32 on --device mps")
-        self.model = GPT(cfg, attention).to(self.device, self.dtype)
-        self.load_weights(weights)
-        self.params = dict(self.model.named_parameters())
-        self.m = {name: torch.zeros_like(p) for name, p in self.params.items()}
-        self.v = {name: torch.zeros_like(p) for name, p in self.params.items()}
+        self.p = torch.as_tensor(np.asarray(weights, dtype=np.float64)).to(self.device, self.dtype)  # (P,) weights
+        self.g = torch.zeros_like(self.p)  # (P,) their gradients
+        self.m, self.v = torch.zeros_like(self.p), torch.zeros_like(self.p)  # (P,) Adam's moments
+        self.model = GPT(cfg, self.p, attention)
+        for name, param in self.model.named_parameters():  # autograd adds into the gradients' views
+            start, (rows, cols) = segments(cfg)[name]
+            param.grad = self.g[start:start + rows * cols].view(rows, cols)
         self.pad_to_block = compile  # one shape for every batch, so torch.compile compiles once
         self.forward_module = torch.compile(self.model) if compile else self.model
-        self.rank, self.world = 0, 1
         if distributed:
             self._join_process_group()
 
@@ -178,48 +173,35 @@ class Engine:
         import torch.distributed as dist
         from torch.nn.parallel import DistributedDataParallel
 
-        backend = "nccl" if self.device.type == "cuda" else "gloo"
         if not dist.is_initialized():
-            dist.init_process_group(backend)
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.forward_module = DistributedDataParallel(self.forward_module, device_ids=None if
                                                       self.device.type == "cpu" else [self.device])
 
-    def load_weights(self, weights):
-        with torch.no_grad():
-            for name, p in self.model.named_parameters():
-                p.copy_(torch.as_tensor(weights[name], dtype=torch.float64).view(p.shape))
-
-    # -- the interface -----------------------------------------------------------------------------------
-
-    def state_dict(self):
-        return {name: p.detach().double().cpu().tolist() for name, p in self.params.items()}
-
-    def grad_dict(self):
-        return {name: p.grad.detach().double().cpu().tolist() for name, p in self.params.items()}
+    def load_state(self, weights, m, v):
+        for flat, saved in zip((self.p, self.m, self.v), (weights, m, v)):
+            flat.copy_(torch.as_tensor(np.asarray(saved)))
 
     def new_cache(self):
         return [None] * self.cfg.n_layer
 
     @torch.no_grad()
     def forward(self, tokens, cache):
-        tokens = torch.tensor([tokens], device=self.device)
         with self._autocast():
-            return self.model(tokens, cache)[0].double().cpu().tolist()
+            return self.model(torch.tensor([tokens], device=self.device), cache)[0].double().cpu().tolist()
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast)
 
     def _tensors(self, batch):
-        """Padded inputs and targets (B, T) of a batch of token lists; -1 marks padding."""
-        seqs = [doc[:self.cfg.block_size + 1] for doc in batch]
-        T = self.cfg.block_size if self.pad_to_block else max(len(s) for s in seqs) - 1
-        inputs = torch.zeros(len(seqs), T, dtype=torch.long)
-        targets = torch.full((len(seqs), T), -1, dtype=torch.long)
-        for b, seq in enumerate(seqs):
-            inputs[b, :len(seq) - 1] = torch.tensor(seq[:-1])
-            targets[b, :len(seq) - 1] = torch.tensor(seq[1:])
-        return inputs.to(self.device), targets.to(self.device)
+        """Inputs and targets (B, T) of a batch of token lists, padded (to the block, for --compile); the padding
+        is input 0 and target -1, which the loss ignores, and causal attention keeps it from every real token."""
+        padded = nn.utils.rnn.pad_sequence([torch.tensor(doc[:self.cfg.block_size + 1]) for doc in batch],
+                                           batch_first=True, padding_value=-1)  # (B, T + 1)
+        if self.pad_to_block:
+            padded = F.pad(padded, (0, self.cfg.block_size + 1 - padded.shape[1]), value=-1)
+        return padded[:, :-1].clamp(min=0).to(self.device), padded[:, 1:].to(self.device)
 
     def _token_loss_sum(self, module, batch):
         inputs, targets = self._tensors(batch)
@@ -233,87 +215,86 @@ class Engine:
         return float(self._token_loss_sum(self.model, batch)) / predicted_tokens(batch, self.cfg.block_size)
 
     def loss_and_grads(self, batch):
-        """The mean loss over every predicted token of the (global) batch and its gradient. Under torchrun
-        each rank takes every world-th document and divides its token-loss sum by the whole batch's token
-        count, times the world size, so that DDP's mean of the ranks' gradients is the batch's gradient."""
+        """The mean loss over every predicted token of the (global) batch and its gradient. Under torchrun each rank
+        takes every world-th document and divides its token-loss sum by the whole batch's token count, times the
+        world size, so that DDP's mean of the ranks' gradients is the batch's gradient."""
         count = predicted_tokens(batch, self.cfg.block_size)
-        mine = batch[self.rank::self.world]
-        for p in self.params.values():
-            p.grad = None
-        loss_sum = self._token_loss_sum(self.forward_module, mine)
+        self.g.zero_()
+        loss_sum = self._token_loss_sum(self.forward_module, batch[self.rank::self.world])
         (loss_sum * (self.world / count)).backward()
         total = loss_sum.detach()
         if self.world > 1:
-            import torch.distributed as dist
-
-            dist.all_reduce(total)
+            torch.distributed.all_reduce(total)
         return float(total) / count
 
     @torch.no_grad()
     def clip_grads(self, max_norm):
-        norm = float(torch.sqrt(sum((p.grad.double() ** 2).sum() for p in self.params.values())))
+        norm = float(torch.sqrt((self.g.double() ** 2).sum()))
         if norm > max_norm:
-            for p in self.params.values():
-                p.grad.mul_(max_norm / norm)
+            self.g.mul_(max_norm / norm)
         return norm
 
     @torch.no_grad()
     def adam_step(self, step, lr_t, beta1=0.85, beta2=0.99, eps=1e-8, weight_decay=0.0):
-        bias1, bias2 = 1 - beta1 ** (step + 1), 1 - beta2 ** (step + 1)
-        for name, p in self.params.items():
-            g, m, v = p.grad, self.m[name], self.v[name]
-            if weight_decay:
-                p.sub_(lr_t * weight_decay * p)
-            m.mul_(beta1).add_((1 - beta1) * g)
-            v.mul_(beta2).add_((1 - beta2) * g**2)
-            p.sub_(lr_t * (m / bias1) / ((v / bias2) ** 0.5 + eps))
+        adam_update(self.p, self.g, self.m, self.v, step, lr_t, beta1, beta2, eps, weight_decay)
 
-    def export_state(self):
-        state = {}
-        for prefix, tensors in (("", self.params), ("adam.m.", self.m), ("adam.v.", self.v)):
-            state.update({prefix + name: array("d", t.detach().double().cpu().flatten().tolist())
-                          for name, t in tensors.items()})
-        return state
+    @torch.no_grad()
+    def record(self, tokens):
+        with self._autocast():
+            return self.model.record(torch.tensor(tokens, device=self.device))
 
-    def load_state(self, state):
-        with torch.no_grad():
-            for prefix, tensors in (("", self.params), ("adam.m.", self.m), ("adam.v.", self.v)):
-                for name, t in tensors.items():
-                    t.copy_(torch.tensor(list(state[prefix + name]), dtype=torch.float64).view(t.shape))
+    # -- placement ---------------------------------------------------------------------------------------------------
 
     def describe(self):
         """Where and how it computes: 'cpu, 2 threads, float64', 'cuda (NVIDIA H100 80GB HBM3), bfloat16'."""
         where = (f"cuda ({torch.cuda.get_device_name(self.device)})" if self.device.type == "cuda"
                  else f"{self.device.type}, {torch.get_num_threads()} threads")
-        return f"{where}, {'bfloat16' if self.autocast else str(self.dtype).replace('torch.', '')}"
-
-    @torch.no_grad()
-    def trace(self, tokens):
-        """Every intermediate of one forward pass over `tokens` (T,), under the names every engine uses
-        (microgpt/trace.py lists them), as lists of floats: rows are positions."""
-        record = {}
-        with self._autocast():
-            logits = self.model(torch.tensor([tokens], device=self.device), record=record)
-        record["logits"] = logits
-        record["probs"] = torch.softmax(logits.double(), dim=-1)
-        return {name: value[0].double().cpu().tolist() for name, value in record.items()}
+        return f"{where}, {self.dtype_name}"
 
     def mfu(self, tokens_per_second):
-        """Model FLOPs utilisation: the share of the GPU's peak that training achieves (None off a known GPU)."""
         if self.device.type != "cuda":
             return None
-        name = torch.cuda.get_device_name(self.device)
-        dtype = "bfloat16" if self.autocast else str(self.dtype).replace("torch.", "")
-        peak = next((flops for (gpu, kind), flops in PEAK_FLOPS.items() if gpu in name and kind == dtype), None)
-        # tokens_per_second counts the whole (global) batch, which all the ranks' GPUs share
-        return tokens_per_second * flops_per_token(self.cfg) / (peak * self.world) if peak else None
+        return mfu(tokens_per_second, self.cfg, torch.cuda.get_device_name(self.device), self.dtype_name, self.world)
 
     def should_stop(self, requested):
         """Whether any rank asks to stop (Ctrl-C reaches them at different steps): all stop together."""
         if self.world == 1:
             return requested
-        import torch.distributed as dist
-
         flag = torch.tensor([1.0 if requested else 0.0], device=self.device)
-        dist.all_reduce(flag)
+        torch.distributed.all_reduce(flag)
         return bool(flag.item())
+
+    # -- the engine's arithmetic for the flat arrays and the health statistics (engines/base.py) ----------------------
+
+    def _export(self, flat):  # a CPU tensor's buffer, seen by NumPy (no copy on the CPU)
+        return flat.detach().cpu().numpy()
+
+    def flat(self, x):
+        x = x.detach().float() if x.dtype == torch.bfloat16 else x.detach()  # NumPy has no bfloat16
+        return tuple(x.shape), x.cpu().numpy().ravel()
+
+    @torch.no_grad()
+    def _norms(self, flat):
+        parts = [flat[start:start + rows * cols] for start, (rows, cols) in segments(self.cfg).values()]
+        return torch.stack([torch.linalg.vector_norm(part, dtype=torch.float64) for part in parts]).tolist()
+
+    def _copy(self, flat):
+        return flat.detach().clone()
+
+    def _minus(self, a, b):
+        return a.detach() - b
+
+    def _rms(self, x):
+        return float(x.double().square().mean().sqrt())
+
+    def _dead(self, relu):
+        return float((~(relu != 0).any(dim=0)).double().mean())
+
+    def _collapsed(self, weights):
+        seeing_two = weights[:, 1:, :].float()  # (H, T - 1, T): the queries that see two keys or more
+        if not seeing_two.shape[1]:
+            return []
+        return torch.nonzero((seeing_two.amax(dim=-1) >= health.COLLAPSED).all(dim=-1)).flatten().tolist()
+
+    def _finite(self, x, masked=False):
+        return bool((torch.isfinite(x) | (masked & (x == float("-inf")))).all())

@@ -1,0 +1,218 @@
+"""The engine interface: everything the trainer, the sampler and the instruments may ask of an engine, declared once.
+
+An engine holds one model (its weights, their gradients, Adam's two moments) and computes the reference's
+numbers with it, at its own speed; every engine subclasses Engine below, and nothing outside microgpt/engines/ asks
+an engine what it has. The calls:
+
+  Engine(cfg, weights, dtype, **options)   weights: a flat array (P,) (initialisation.reference_weights, or a
+                                           checkpoint's); options: the torch engine's device, attention, compile
+  training     loss_and_grads(batch) -> the mean loss over every predicted token of a batch of token lists (each
+                   cut to block_size + 1 tokens), filling the gradients; clip_grads(max_norm) -> the gradient's
+                   global norm before clipping; adam_step(step, lr_t, beta1, beta2, eps, weight_decay)
+  evaluation   loss(batch) -> the same mean loss, no gradients
+  sampling     new_cache(); forward(tokens, cache) -> the logits (T, V) as lists of floats, after the cached tokens
+  state        weights(), gradients(), moments() -> (m, v): flat arrays (P,) in the engine's own storage (a NumPy
+                   array; array('d') for the standard-library engines), laid out as microgpt/layout.py says and
+                   valid until the next step; load_state(weights, m, v); a checkpoint is written from their bytes
+  insight      record(tokens) -> Record: every intermediate of one forward pass, named as `trace` prints them;
+                   health_snapshot() before clip_grads, then health(snapshot, tokens) -> a few numbers (below);
+                   first_non_finite(tokens) -> the name of the first intermediate that is NaN or infinite
+  placement    rank, world (the processes of a torchrun launch), describe(), mfu(tokens_per_second) -> the share
+                   of the hardware's peak or None, should_stop(requested) -> the decision every process shares
+
+The defaults here are those of an engine that runs in one process on a CPU, and the health arithmetic of the
+standard-library engines, which the array engines replace with their own. Shapes: T positions, C = n_embd,
+H = n_head, V = vocab_size, P = parameters.
+"""
+import math
+from array import array
+from typing import NamedTuple
+
+from microgpt import health
+from microgpt.atomic import param_shapes
+from microgpt.errors import UserError
+from microgpt.layout import segments
+
+
+class Layer(NamedTuple):
+    """What one transformer block computes, in order; each field's trace name is layer{i}. and the field's name with
+    its first _ as a dot (attn_norm -> layer0.attn.norm). Engines record a batch with a batch axis in front."""
+    attn_norm: object  # (T, C) the stream entering the block, rmsnormed: what q, k and v read
+    attn_q: object  # (T, C) queries; head h owns columns h*C/H ... (h+1)*C/H, as in keys and values
+    attn_k: object  # (T, C) keys
+    attn_v: object  # (T, C) values
+    attn_scores: object  # (H, T, T) q.k / sqrt(C/H), row = query, column = key; -inf where the key is in the future
+    attn_weights: object  # (H, T, T) the softmax of each row: how much each query takes from each key (0: future)
+    attn_heads: object  # (T, C) every head's weighted mix of values, side by side
+    attn_proj: object  # (T, C) the heads through attn_wo
+    attn_residual: object  # (T, C) the stream plus attn_proj
+    mlp_norm: object  # (T, C) attn_residual, rmsnormed
+    mlp_fc1: object  # (T, 4C)
+    mlp_relu: object  # (T, 4C)
+    mlp_fc2: object  # (T, C)
+    mlp_residual: object  # (T, C) attn_residual plus mlp_fc2: the stream leaving the block
+
+
+class Record(NamedTuple):
+    """Every intermediate of a forward pass: what `trace` prints and what a hand-written backward reads."""
+    embedding: object  # (T, C) wte[token] + wpe[position]
+    embedding_norm: object  # (T, C) rmsnormed: the stream entering layer 0
+    layers: list  # a Layer per block
+    logits: object  # (T, V)
+
+    def stream(self, i):
+        """The residual stream entering layer i (i = n_layer: the one lm_head reads)."""
+        return self.layers[i - 1].mlp_residual if i else self.embedding_norm
+
+    def named(self):
+        """(trace name, value) of every intermediate, in the order computed."""
+        yield "embedding", self.embedding
+        yield "embedding.norm", self.embedding_norm
+        for i, layer in enumerate(self.layers):
+            for field, value in zip(Layer._fields, layer):
+                yield f"layer{i}.{field.replace('_', '.', 1)}", value
+        yield "logits", self.logits
+
+
+class Engine:
+    name = "base"
+    dtypes = ("float64",)  # what it can compute in, float64 first
+    rank, world = 0, 1  # this process among the processes of a torchrun launch
+
+    def __init__(self, cfg, dtype="float64"):
+        self.cfg, self.dtype_name = cfg, dtype
+        self.shapes = param_shapes(cfg)
+        # Subclasses hold p (the weights), g (their gradients), m and v (Adam's moments): flat (P,) in their storage
+
+    # -- training, evaluation, sampling: every engine's own --------------------------------------------------------
+
+    def loss_and_grads(self, batch):
+        raise NotImplementedError
+
+    def loss(self, batch):
+        raise NotImplementedError
+
+    def clip_grads(self, max_norm):
+        raise NotImplementedError
+
+    def adam_step(self, step, lr_t, beta1=0.85, beta2=0.99, eps=1e-8, weight_decay=0.0):
+        raise NotImplementedError
+
+    def new_cache(self):
+        raise NotImplementedError
+
+    def forward(self, tokens, cache):
+        raise NotImplementedError
+
+    def load_state(self, weights, m, v):
+        raise NotImplementedError
+
+    def record(self, tokens):
+        raise UserError(f"the {self.name} engine cannot trace a forward pass; use --engine python, numpy or torch "
+                        "(they compute the same numbers)")
+
+    # -- state: flat arrays in the engine's storage ------------------------------------------------------------------
+
+    def weights(self):
+        return self._export(self.p)
+
+    def gradients(self):
+        return self._export(self.g)
+
+    def moments(self):
+        return self._export(self.m), self._export(self.v)
+
+    def _export(self, flat):
+        return array("d", flat)
+
+    # -- placement -----------------------------------------------------------------------------------------------
+
+    def describe(self):
+        """Where and how it computes, for the run's header: 'float64'."""
+        return self.dtype_name
+
+    def mfu(self, tokens_per_second):
+        """Model FLOPs utilisation: the share of the hardware's peak that training achieves; None where unknown."""
+        return None
+
+    def should_stop(self, requested):
+        """Whether to stop before the next step, decided by every process together (here, one)."""
+        return requested
+
+    # -- training health: the numbers, computed here in the engine's own arithmetic ------------------------------------
+
+    def health_snapshot(self):
+        """Before clip_grads and adam_step: the gradient norm of each weight tensor, and a copy of the weights."""
+        return self._norms(self.g), self._copy(self.p)
+
+    def health(self, snapshot, tokens):
+        """The health of the step just taken (microgpt/health.py says what each number means): per tensor, per layer
+        (from a forward pass over `tokens`), the first non-finite intermediate and the collapsed heads."""
+        grad_norms, before = snapshot
+        weight_norms, update_norms = self._norms(before), self._norms(self._minus(self.p, before))
+        tensors = {name: {"grad_norm": g, "update_ratio": u / (w or 1.0), "weight_rms": w / math.sqrt(rows * cols)}
+                   for (name, (rows, cols)), g, u, w in zip(self.shapes.items(), grad_norms, update_norms,
+                                                            weight_norms)}
+        return {"grad_norm": math.sqrt(sum(g * g for g in grad_norms)), "tensors": tensors,
+                **self.layer_health(tokens)}
+
+    def layer_health(self, tokens):
+        record = self.record(tokens)
+        return {"layers": [{"activation_rms": self._rms(layer.mlp_residual), "dead_relu": self._dead(layer.mlp_relu)}
+                           for layer in record.layers],
+                "non_finite": self._first_non_finite(record),
+                "collapsed": [(i, h) for i, layer in enumerate(record.layers)
+                              for h in self._collapsed(layer.attn_weights)]}
+
+    def first_non_finite(self, tokens):
+        """The name of the first intermediate of a forward pass over `tokens` that holds a NaN or an infinity."""
+        return self._first_non_finite(self.record(tokens))
+
+    def _first_non_finite(self, record):
+        for name, value in record.named():
+            if not self._finite(value, masked=name.endswith("attn.scores")):  # -inf marks the future there
+                return name
+        return None
+
+    # The arithmetic of the numbers above, in plain Python on flat lists and nested lists; array engines override it.
+
+    def _norms(self, flat):  # (P,) -> the L2 norm of each weight tensor's part
+        return [math.sqrt(sum(x * x for x in flat[start:start + rows * cols]))
+                for start, (rows, cols) in segments(self.cfg).values()]
+
+    def _copy(self, flat):
+        return list(flat)
+
+    def _minus(self, a, b):
+        return [x - y for x, y in zip(a, b)]
+
+    def _rms(self, x):
+        values = list(flatten(x))
+        return math.sqrt(sum(v * v for v in values) / len(values))
+
+    def _dead(self, relu):  # (T, 4C) -> the fraction of units that are off at every position
+        return sum(1 for unit in zip(*relu) if not any(unit)) / len(relu[0])
+
+    def _collapsed(self, weights):  # (H, T, T) -> the heads whose every query that sees 2+ keys puts it all on one
+        return [h for h, rows in enumerate(weights)
+                if len(rows) > 1 and all(max(row) >= health.COLLAPSED for row in rows[1:])]
+
+    def _finite(self, x, masked=False):
+        return all(math.isfinite(v) or (masked and v == -math.inf) for v in flatten(x))
+
+    def flat(self, x):
+        """(shape, flat array) of one recorded intermediate: how a Record's values leave the engine."""
+        shape, inner = [], x
+        while isinstance(inner, list):
+            shape.append(len(inner))
+            inner = inner[0] if inner else None
+        return tuple(shape), array("d", flatten(x))
+
+
+def flatten(x):
+    """The numbers of a nested list, in order."""
+    if isinstance(x, list):
+        for item in x:
+            yield from flatten(item)
+    else:
+        yield x

@@ -1,0 +1,56 @@
+"""Where every number of a model lives: one flat array per kind, the same layout in every engine and checkpoint.
+
+The weights are atomic.param_shapes' matrices in the reference order (wte, wpe, lm_head, then layer by layer
+attn_wq, attn_wk, attn_wv, attn_wo, mlp_fc1, mlp_fc2), each row by row, laid end to end: one flat array (P,).
+Their gradients and Adam's two moments are flat arrays (P,) in the same order. That is what crosses the engine
+boundary (engines/base.py), and a checkpoint holds the three as tensors under the weights' GPT-2 names, the
+moments prefixed "adam.m." and "adam.v.". This file is the one place that knows it.
+"""
+from array import array
+
+from microgpt.atomic import param_shapes
+from microgpt.errors import UserError
+
+KINDS = ("", "adam.m.", "adam.v.")  # checkpoint name prefixes of the weights, Adam's first and second moments
+
+
+def param_count(cfg):
+    """P, the number of weights of a model."""
+    return sum(rows * cols for rows, cols in param_shapes(cfg).values())
+
+
+def segments(cfg):
+    """{name: (start, (rows, cols))}: where each weight matrix starts in a flat (P,) array, and its shape."""
+    found, start = {}, 0
+    for name, (rows, cols) in param_shapes(cfg).items():
+        found[name], start = (start, (rows, cols)), start + rows * cols
+    return found
+
+
+def checkpoint_tensors(cfg, weights, m, v):
+    """The tensors of a checkpoint, {name: (shape, flat slice)}, from the three flat arrays (P,): slices of the
+    engine's own arrays (views for NumPy), so that a checkpoint is written from their bytes."""
+    tensors = {}
+    for prefix, flat in zip(KINDS, (weights, m, v)):
+        for name, (start, (rows, cols)) in segments(cfg).items():
+            tensors[prefix + name] = ((rows, cols), flat[start:start + rows * cols])
+    return tensors
+
+
+def state_from_checkpoint(tensors, cfg, path):
+    """(weights, m, v), three flat arrays (P,), from a checkpoint's tensors; a one-line error if the checkpoint
+    does not hold exactly the tensors that its settings describe."""
+    expected = {prefix + name: shape for prefix in KINDS for name, (_, shape) in segments(cfg).items()}
+    for key, shape in expected.items():
+        if key not in tensors or tuple(tensors[key][0]) != shape:
+            found = tensors[key][0] if key in tensors else "nothing"
+            raise UserError(f"{path} is for another model: its settings want {key} of shape {shape}, it holds "
+                            f"{found}; use the checkpoint that train wrote for this run")
+    flats = []
+    for prefix in KINDS:
+        parts = [tensors[prefix + name][1] for name in segments(cfg)]
+        flat = array(parts[0].typecode)  # F32 or F64, as saved
+        for part in parts:
+            flat.extend(part)
+        flats.append(flat)
+    return tuple(flats)
