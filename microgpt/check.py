@@ -12,7 +12,7 @@ from array import array
 from microgpt import atomic, engines
 from microgpt.datasets import Dataset
 from microgpt.initialisation import reference_weights
-from microgpt.layout import param_count, segments
+from microgpt.layout import param_count, segments, split
 from microgpt.loading import open_model
 
 H = 1e-6  # finite-difference step: truncation ~H^2, rounding ~1e-16/H, both far below the tolerance
@@ -70,8 +70,7 @@ def engine_rows(name, cfg, result, reference):
     rows = [("logits", f"{name}: logits", max_absolute_difference(logits, want_logits),
              max_relative_difference(logits, want_logits)),
             ("loss", f"{name}: loss", abs(loss - want_loss), abs(loss - want_loss) / abs(want_loss))]
-    for tensor, (start, (r, c)) in segments(cfg).items():
-        got, want = grads[start:start + r * c], want_grads[start:start + r * c]
+    for (tensor, (_, got)), (_, want) in zip(split(grads, cfg).items(), split(want_grads, cfg).values()):
         rows.append(("gradient", f"{name}: d loss / d {tensor}", max_absolute_difference(got, want),
                      max_relative_difference(got, want)))
     worst = max(abs(a - b) for a, b in zip(trajectory, want_trajectory))

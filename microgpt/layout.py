@@ -27,14 +27,18 @@ def segments(cfg):
     return found
 
 
+def split(flat, cfg):
+    """{name: ((rows, cols), part)}: each weight matrix's part of a flat array (P,), a slice of it (a view of it for
+    NumPy and torch)."""
+    return {name: ((rows, cols), flat[start:start + rows * cols]) for name, (start, (rows, cols)) in
+            segments(cfg).items()}
+
+
 def checkpoint_tensors(cfg, weights, m, v):
-    """The tensors of a checkpoint, {name: (shape, flat slice)}, from the three flat arrays (P,): slices of the
-    engine's own arrays (views for NumPy), so that a checkpoint is written from their bytes."""
-    tensors = {}
-    for prefix, flat in zip(KINDS, (weights, m, v)):
-        for name, (start, (rows, cols)) in segments(cfg).items():
-            tensors[prefix + name] = ((rows, cols), flat[start:start + rows * cols])
-    return tensors
+    """The tensors of a checkpoint, {name: (shape, flat part)}, from the three flat arrays (P,): views of the
+    engine's own arrays where it has them, so that a checkpoint is written from their bytes."""
+    return {prefix + name: tensor for prefix, flat in zip(KINDS, (weights, m, v))
+            for name, tensor in split(flat, cfg).items()}
 
 
 def state_from_checkpoint(tensors, cfg, path):

@@ -17,8 +17,8 @@ import numpy as np
 
 from microgpt import health
 from microgpt.engines.base import Engine as Base
-from microgpt.engines.base import Layer, Record
-from microgpt.layout import segments
+from microgpt.engines.base import Layer, Record, in_chunks
+from microgpt.layout import segments, split
 
 # ----------------------------------------------------------------------------------------------------------------
 # The operations, each a forward/backward pair
@@ -102,14 +102,18 @@ def attention_backward(dout, q, k, v, weights, n_head):  # dout (B, Tq, C) -> dq
 
 def cross_entropy_forward(logits, targets):  # logits (B, T, V), targets (B, T) -> losses (B, T), probs (B, T, V)
     probs = softmax(logits)
-    return -np.log(np.take_along_axis(probs, targets[..., None], axis=-1)[..., 0]), probs
+    return -np.log(probs[at_targets(targets)]), probs
 
 
 def cross_entropy_backward(probs, targets, dloss):  # dloss (B, T): 1/N where a token counts, 0 on padding
     dlogits = probs.copy()  # dlogits = probs - one_hot(target), scaled by dloss
-    index = targets[..., None]
-    np.put_along_axis(dlogits, index, np.take_along_axis(probs, index, axis=-1) - 1.0, axis=-1)
+    dlogits[at_targets(targets)] -= 1.0
     return dlogits * dloss[..., None]
+
+
+def at_targets(targets):  # the index of probs[b, t, targets[b, t]] for every b, t
+    B, T = targets.shape
+    return np.arange(B)[:, None], np.arange(T), targets
 
 
 def adam_update(p, g, m, v, step, lr_t, beta1, beta2, eps, weight_decay):
@@ -141,9 +145,12 @@ class Engine(Base):
         self.m, self.v = np.zeros_like(self.p), np.zeros_like(self.p)  # (P,) Adam's moments
         self.params, self.grads = self.matrices(self.p), self.matrices(self.g)
 
-    def matrices(self, flat):  # (P,) -> {name: matrix}, views into the flat array
-        return {name: flat[start:start + rows * cols].reshape(rows, cols)
-                for name, (start, (rows, cols)) in segments(self.cfg).items()}
+    def matrices(self, flat):  # (P,) -> {name: matrix}, views into the flat array; and attn_qkv of every layer
+        found, C = {name: part.reshape(shape) for name, (shape, part) in split(flat, self.cfg).items()}, self.cfg.n_embd
+        for li in range(self.cfg.n_layer):  # wq, wk, wv follow one another: the (3C, C) matrix from wq's start
+            start = segments(self.cfg)[f"layer{li}.attn_wq"][0]
+            found[f"layer{li}.attn_qkv"] = flat[start:start + 3 * C * C].reshape(3 * C, C)
+        return found
 
     def load_state(self, weights, m, v):
         for flat, saved in zip((self.p, self.m, self.v), (weights, m, v)):
@@ -169,7 +176,7 @@ class Engine(Base):
         for li in range(cfg.n_layer):
             L = f"layer{li}."
             attn_norm = rmsnorm_forward(x)
-            qkv = linear_forward(attn_norm, stacked_qkv(P, L))  # (B, T, 3C)
+            qkv = linear_forward(attn_norm, P[L + "attn_qkv"])  # (B, T, 3C): one product for the three
             q, k, v = qkv[..., :C], qkv[..., C:2 * C], qkv[..., 2 * C:]
             keys, values = k, v
             if cache is not None:
@@ -229,7 +236,7 @@ class Engine(Base):
             dq, dk, dv = attention_backward(dheads, layer.attn_q, layer.attn_k, layer.attn_v, layer.attn_weights,
                                             cfg.n_head)
             dqkv = np.concatenate([dq, dk, dv], axis=-1)  # (B, T, 3C), as the forward's one product made them
-            dnorm = linear_backward(dqkv, layer.attn_norm, stacked_qkv(P, L), stacked_qkv(G, L))
+            dnorm = linear_backward(dqkv, layer.attn_norm, P[L + "attn_qkv"], G[L + "attn_qkv"])
             dx = rmsnorm_backward(dnorm, record.stream(li)) + dx
         dx = rmsnorm_backward(dx, record.embedding)
         embedding_backward(dx, inputs, np.arange(inputs.shape[1]), G["wte"], G["wpe"])
@@ -237,14 +244,15 @@ class Engine(Base):
 
     def clip_grads(self, max_norm):
         """Scale the gradients down to a global L2 norm of max_norm if above it; return the norm before."""
-        norm = float(np.sqrt((self.g * self.g).sum()))
+        norm = math.sqrt(sum(float(np.dot(g, g)) for (g,) in in_chunks(self.g)))
         if norm > max_norm:
             self.g *= max_norm / norm
         return norm
 
     def adam_step(self, step, lr_t, beta1=0.85, beta2=0.99, eps=1e-8, weight_decay=0.0):
         """One AdamW update from self.g (step counts from 0) at learning rate lr_t."""
-        adam_update(self.p, self.g, self.m, self.v, step, lr_t, beta1, beta2, eps, weight_decay)
+        for p, g, m, v in in_chunks(self.p, self.g, self.m, self.v):
+            adam_update(p, g, m, v, step, lr_t, beta1, beta2, eps, weight_decay)
 
     def record(self, tokens):
         """The Record of one forward pass over `tokens` (T,), every intermediate an array without the batch axis."""
@@ -261,8 +269,7 @@ class Engine(Base):
         return x.shape, np.ascontiguousarray(x).ravel()
 
     def _norms(self, flat):
-        return [math.sqrt(float(np.dot(part, part))) for part in
-                (flat[start:start + rows * cols] for start, (rows, cols) in segments(self.cfg).values())]
+        return [math.sqrt(float(np.dot(part, part))) for _, part in split(flat, self.cfg).values()]
 
     def _copy(self, flat):
         return flat.copy()
@@ -284,9 +291,3 @@ class Engine(Base):
     def _finite(self, x, masked=False):
         return bool(np.all(np.isfinite(x) | (masked & (x == -np.inf))))
 
-
-def stacked_qkv(matrices, L):  # attn_wq, attn_wk and attn_wv of layer L as one (3C, C) matrix
-    # they lie one after another in the flat array (the reference order), so the (3C, C) matrix that starts where
-    # attn_wq starts is the three stacked: a view, no copy, through which the backward adds into all three
-    wq = matrices[L + "attn_wq"]
-    return np.lib.stride_tricks.as_strided(wq, shape=(3 * wq.shape[0], wq.shape[1]))

@@ -16,7 +16,7 @@ from operator import add, mul
 
 from microgpt.engines.base import Engine as Base
 from microgpt.engines.base import Layer, Record
-from microgpt.layout import segments
+from microgpt.layout import split
 
 # ----------------------------------------------------------------------------------------------------------------
 # The operations, each a forward/backward pair
@@ -59,10 +59,12 @@ def linear_backward(dy, x, w, dw):  # dy (N, nout) -> dx (N, nin); adds dy^T x i
     w_cols = list(zip(*w))  # (nin, nout)
     dx = [[sum(map(mul, dy_row, col)) for col in w_cols] for dy_row in dy]
     # dw[i] += dy[t][i] * x[t], token by token; a zero dy[t][i] (a ReLU that was off) adds nothing, so it is skipped
-    for dy_row, x_row in zip(dy, x):
-        for dw_row, g in zip(dw, dy_row):
+    for dw_row, dy_col in zip(dw, zip(*dy)):  # dy_col (N,): output i's gradient at every token
+        row = dw_row
+        for g, x_row in zip(dy_col, x):
             if g:
-                dw_row[:] = [a + g * b for a, b in zip(dw_row, x_row)]
+                row = [a + g * b for a, b in zip(row, x_row)]
+        dw_row[:] = row  # into the buffer given
     return dx
 
 
@@ -180,9 +182,12 @@ class Engine(Base):
         self.m, self.v = [0.0] * len(self.p), [0.0] * len(self.p)  # (P,) Adam's moments
         self.params = self.matrices(self.p)
 
-    def matrices(self, flat):  # (P,) -> {name: matrix}, rows copied out of the flat list
-        return {name: [flat[start + r * cols:start + (r + 1) * cols] for r in range(rows)]
-                for name, (start, (rows, cols)) in segments(self.cfg).items()}
+    def matrices(self, flat):  # (P,) -> {name: matrix}, rows copied out of the flat list; and attn_qkv of every layer
+        found = {name: [part[r * cols:(r + 1) * cols] for r in range(rows)]
+                 for name, ((rows, cols), part) in split(flat, self.cfg).items()}
+        for L in (f"layer{li}." for li in range(self.cfg.n_layer)):  # wq, wk, wv's rows, the same lists: (3C, C)
+            found[L + "attn_qkv"] = found[L + "attn_wq"] + found[L + "attn_wk"] + found[L + "attn_wv"]
+        return found
 
     def load_state(self, weights, m, v):
         self.p, self.m, self.v = ([float(x) for x in flat] for flat in (weights, m, v))
@@ -209,7 +214,7 @@ class Engine(Base):
         for li in range(cfg.n_layer):
             L = f"layer{li}."
             attn_norm = rmsnorm_forward(x)
-            qkv = linear_forward(attn_norm, stacked_qkv(P, L))  # (N, 3C)
+            qkv = linear_forward(attn_norm, P[L + "attn_qkv"])  # (N, 3C): one product for the three
             q, k, v = [row[:C] for row in qkv], [row[C:2 * C] for row in qkv], [row[2 * C:] for row in qkv]
             attended = []  # per sequence: its heads (T, C), scores and weights (H, T, T)
             for a, b, cache in zip(bounds, bounds[1:], caches):
@@ -246,7 +251,7 @@ class Engine(Base):
     def loss_and_grads(self, batch):
         """The mean loss of a batch, and its gradient with respect to every weight into self.g."""
         cfg, P = self.cfg, self.params
-        G = {name: [[0.0] * cols for _ in range(rows)] for name, (rows, cols) in self.shapes.items()}  # gradients
+        G = self.matrices([0.0] * len(self.p))  # the gradients, matrix by matrix
         loss, inputs, record, probs, targets, dloss = self._loss(batch)
         bounds = list(accumulate(map(len, inputs), initial=0))
 
@@ -266,12 +271,12 @@ class Engine(Base):
                 dq, dk, dv = attention_backward(dheads[a:b], layer.attn_q[a:b], layer.attn_k[a:b],
                                                 layer.attn_v[a:b], weights, cfg.n_head)
                 dqkv.extend(rq + rk + rv for rq, rk, rv in zip(dq, dk, dv))
-            dnorm = linear_backward(dqkv, layer.attn_norm, stacked_qkv(P, L), stacked_qkv(G, L))
+            dnorm = linear_backward(dqkv, layer.attn_norm, P[L + "attn_qkv"], G[L + "attn_qkv"])
             dx = matadd(rmsnorm_backward(dnorm, record.stream(li)), dx)
         dx = rmsnorm_backward(dx, record.embedding)
         positions = [i for seq in inputs for i in range(len(seq))]
         embedding_backward(dx, [t for seq in inputs for t in seq], positions, G["wte"], G["wpe"])
-        self.g = [x for matrix in G.values() for row in matrix for x in row]  # (P,) in the reference order
+        self.g = [x for name in self.shapes for row in G[name] for x in row]  # (P,) in the reference order
         return loss
 
     def clip_grads(self, max_norm):
@@ -292,7 +297,3 @@ class Engine(Base):
         return record._replace(layers=[x._replace(attn_scores=x.attn_scores[0], attn_weights=x.attn_weights[0])
                                        for x in record.layers])
 
-
-def stacked_qkv(matrices, L):  # attn_wq, attn_wk and attn_wv of layer L as one (3C, C) matrix
-    # the rows of the three, one matrix after the other: the same row lists, so the backward adds into all three
-    return matrices[L + "attn_wq"] + matrices[L + "attn_wk"] + matrices[L + "attn_wv"]

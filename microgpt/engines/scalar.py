@@ -6,7 +6,7 @@ import math
 
 from microgpt import atomic
 from microgpt.engines.base import Engine as Base
-from microgpt.layout import segments
+from microgpt.layout import split
 
 
 class Engine(Base):
@@ -15,9 +15,8 @@ class Engine(Base):
 
     def __init__(self, cfg, weights, dtype="float64"):
         super().__init__(cfg, dtype)
-        self.params = atomic.to_values({name: [[float(x) for x in weights[start + r * cols:start + (r + 1) * cols]]
-                                               for r in range(rows)]
-                                        for name, (start, (rows, cols)) in segments(cfg).items()})
+        self.params = atomic.to_values({name: [[float(x) for x in part[r * cols:(r + 1) * cols]] for r in range(rows)]
+                                        for name, ((rows, cols), part) in split(weights, cfg).items()})
         self.values = [p for mat in self.params.values() for row in mat for p in row]  # (P,) reference order
         self.m, self.v = [0.0] * len(self.values), [0.0] * len(self.values)
 

@@ -7,13 +7,13 @@ attention to F.scaled_dot_product_attention, a fused kernel that never materiali
 records nothing; record() walks the same steps again and keeps every intermediate.
 
 As in the numpy engine, the weights, their gradients and Adam's moments are flat tensors (P,): a parameter is a
-view into the weights and its .grad a view into the gradients (autograd adds into it), so Adam (by hand, in the
-reference's order: float64 agrees with the scalar reference) and clipping are whole-tensor operations, and a
-checkpoint is the bytes of three tensors. Under torchrun the module runs inside DistributedDataParallel: each rank
-takes its share of the batch, and the loss is scaled so that DDP's averaged gradient is the batch mean's gradient.
+view into the weights and its .grad a view into the gradients (autograd adds into it). Adam is by hand in the
+reference's order (float64 agrees with the scalar reference). Under torchrun the module runs inside
+DistributedDataParallel, and the loss is scaled so that DDP's averaged gradient is the whole batch's.
 
 Shapes: B = sequences, T = tokens per sequence, C = n_embd, H = n_head, D = C // H, V = vocab_size, P = parameters.
 """
+import math
 import os
 
 import numpy as np
@@ -24,10 +24,10 @@ from torch import nn
 from microgpt import health
 from microgpt.engines import launched_processes, predicted_tokens
 from microgpt.engines.base import Engine as Base
-from microgpt.engines.base import Layer, Record
+from microgpt.engines.base import Layer, Record, in_chunks
 from microgpt.errors import UserError
 from microgpt.flops import mfu
-from microgpt.layout import segments
+from microgpt.layout import split
 
 
 def rmsnorm(x):  # (..., C) -> (..., C), unit root-mean-square, no gain
@@ -63,8 +63,7 @@ class GPT(nn.Module):
         """The model whose parameters are views into `weights`, a flat tensor (P,) in the reference order."""
         super().__init__()
         self.cfg, self.attention = cfg, attention
-        views = {name: weights[start:start + rows * cols].view(rows, cols)
-                 for name, (start, (rows, cols)) in segments(cfg).items()}
+        views = {name: part.view(shape) for name, (shape, part) in split(weights, cfg).items()}
         self.wte, self.wpe, self.lm_head = (nn.Parameter(views[name]) for name in ("wte", "wpe", "lm_head"))
         for i in range(cfg.n_layer):  # one block's weights, named layer0.attn_wq, ...
             self.add_module(f"layer{i}", nn.ParameterDict({name.split(".")[1]: nn.Parameter(view) for name, view in
@@ -146,8 +145,8 @@ class Engine(Base):
 
     def __init__(self, cfg, weights, dtype="float64", device=None, attention="manual", compile=False):
         super().__init__(cfg, dtype)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "mps"
-                                              if torch.backends.mps.is_available() else "cpu"))
+        gpu = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+        self.device = torch.device(device or gpu)
         distributed = launched_processes() > 1
         if distributed and self.device.type == "cuda":  # each process its own GPU, before anything is on one
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -161,23 +160,20 @@ class Engine(Base):
         self.g = torch.zeros_like(self.p)  # (P,) their gradients
         self.m, self.v = torch.zeros_like(self.p), torch.zeros_like(self.p)  # (P,) Adam's moments
         self.model = GPT(cfg, self.p, attention)
-        for name, param in self.model.named_parameters():  # autograd adds into the gradients' views
-            start, (rows, cols) = segments(cfg)[name]
-            param.grad = self.g[start:start + rows * cols].view(rows, cols)
+        grads = split(self.g, cfg)
+        for name, param in self.model.named_parameters():  # autograd adds into these views of the gradients
+            param.grad = grads[name][1].view(grads[name][0])
         self.pad_to_block = compile  # one shape for every batch, so torch.compile compiles once
         self.forward_module = torch.compile(self.model) if compile else self.model
         if distributed:
             self._join_process_group()
 
     def _join_process_group(self):
-        import torch.distributed as dist
-        from torch.nn.parallel import DistributedDataParallel
-
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-        self.rank, self.world = dist.get_rank(), dist.get_world_size()
-        self.forward_module = DistributedDataParallel(self.forward_module, device_ids=None if
-                                                      self.device.type == "cpu" else [self.device])
+        if not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        self.rank, self.world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        self.forward_module = nn.parallel.DistributedDataParallel(
+            self.forward_module, device_ids=None if self.device.type == "cpu" else [self.device])
 
     def load_state(self, weights, m, v):
         for flat, saved in zip((self.p, self.m, self.v), (weights, m, v)):
@@ -195,8 +191,7 @@ class Engine(Base):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast)
 
     def _tensors(self, batch):
-        """Inputs and targets (B, T) of a batch of token lists, padded (to the block, for --compile); the padding
-        is input 0 and target -1, which the loss ignores, and causal attention keeps it from every real token."""
+        """Inputs and targets (B, T) of a batch, padded (to the block for --compile) with input 0 and target -1."""
         padded = nn.utils.rnn.pad_sequence([torch.tensor(doc[:self.cfg.block_size + 1]) for doc in batch],
                                            batch_first=True, padding_value=-1)  # (B, T + 1)
         if self.pad_to_block:
@@ -229,14 +224,18 @@ class Engine(Base):
 
     @torch.no_grad()
     def clip_grads(self, max_norm):
-        norm = float(torch.sqrt((self.g.double() ** 2).sum()))
+        norm = math.sqrt(sum(float((g.double() ** 2).sum()) for (g,) in self._chunks(self.g)))
         if norm > max_norm:
             self.g.mul_(max_norm / norm)
         return norm
 
     @torch.no_grad()
     def adam_step(self, step, lr_t, beta1=0.85, beta2=0.99, eps=1e-8, weight_decay=0.0):
-        adam_update(self.p, self.g, self.m, self.v, step, lr_t, beta1, beta2, eps, weight_decay)
+        for p, g, m, v in self._chunks(self.p, self.g, self.m, self.v):
+            adam_update(p, g, m, v, step, lr_t, beta1, beta2, eps, weight_decay)
+
+    def _chunks(self, *flats):  # a GPU keeps its temporaries cached: there, whole tensors at once
+        return in_chunks(*flats, **({"size": len(self.p)} if self.device.type == "cuda" else {}))
 
     @torch.no_grad()
     def record(self, tokens):
@@ -252,9 +251,8 @@ class Engine(Base):
         return f"{where}, {self.dtype_name}"
 
     def mfu(self, tokens_per_second):
-        if self.device.type != "cuda":
-            return None
-        return mfu(tokens_per_second, self.cfg, torch.cuda.get_device_name(self.device), self.dtype_name, self.world)
+        return mfu(tokens_per_second, self.cfg, torch.cuda.get_device_name(self.device), self.dtype_name,
+                   self.world) if self.device.type == "cuda" else None
 
     def should_stop(self, requested):
         """Whether any rank asks to stop (Ctrl-C reaches them at different steps): all stop together."""
@@ -275,14 +273,14 @@ class Engine(Base):
 
     @torch.no_grad()
     def _norms(self, flat):
-        parts = [flat[start:start + rows * cols] for start, (rows, cols) in segments(self.cfg).values()]
+        parts = [part for _, part in split(flat, self.cfg).values()]
         return torch.stack([torch.linalg.vector_norm(part, dtype=torch.float64) for part in parts]).tolist()
 
     def _copy(self, flat):
-        return flat.detach().clone()
+        return flat.clone()
 
     def _minus(self, a, b):
-        return a.detach() - b
+        return a - b
 
     def _rms(self, x):
         return float(x.double().square().mean().sqrt())
