@@ -36,7 +36,8 @@ from microgpt.layout import split
 
 class Layer(NamedTuple):
     """What one transformer block computes, in order; each field's trace name is layer{i}. and the field's name with
-    its first _ as a dot (attn_norm -> layer0.attn.norm). Engines record a batch with a batch axis in front."""
+    its first _ as a dot (attn_norm -> layer0.attn.norm). A forward pass over a batch has a batch axis in front, and
+    keeps no attn_scores (None: the backward needs the weights alone); record() keeps them all."""
     attn_norm: object  # (T, C) the stream entering the block, rmsnormed: what q, k and v read
     attn_q: object  # (T, C) queries; head h owns columns h*C/H ... (h+1)*C/H, as in keys and values
     attn_k: object  # (T, C) keys

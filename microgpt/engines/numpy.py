@@ -166,9 +166,10 @@ class Engine(Base):
         start = cache[0][0].shape[1]
         return self._forward(np.array([tokens]), np.arange(start, start + len(tokens)), cache).logits[0].tolist()
 
-    def _forward(self, tokens, positions, cache=None):
+    def _forward(self, tokens, positions, cache=None, scores_too=False):
         """The Record of a forward pass over a batch of token rows (B, T); `cache` (for B = 1) holds earlier keys
-        and values, which this call extends."""
+        and values, which this call extends. Attention's scores are kept for a trace only: the backward needs the
+        weights alone, and at nanoGPT's size every layer's scores of a batch of 64 are 100 MB."""
         cfg, P = self.cfg, self.params
         embedding = embedding_forward(P["wte"], P["wpe"], tokens, positions)  # (B, T, C)
         x = embedding_norm = rmsnorm_forward(embedding)
@@ -190,8 +191,8 @@ class Engine(Base):
             relu = relu_forward(fc1)
             fc2 = linear_forward(relu, P[L + "mlp_fc2"])  # (B, T, C)
             x = fc2 + attn_residual
-            layers.append(Layer(attn_norm, q, k, v, scores, weights, heads, proj, attn_residual, mlp_norm, fc1, relu,
-                                fc2, x))
+            layers.append(Layer(attn_norm, q, k, v, scores if scores_too else None, weights, heads, proj,
+                                attn_residual, mlp_norm, fc1, relu, fc2, x))
         return Record(embedding, embedding_norm, layers, linear_forward(x, P["lm_head"]))  # logits (B, T, V)
 
     def _loss(self, batch):
@@ -256,7 +257,7 @@ class Engine(Base):
 
     def record(self, tokens):
         """The Record of one forward pass over `tokens` (T,), every intermediate an array without the batch axis."""
-        record = self._forward(np.array([tokens]), np.arange(len(tokens)))
+        record = self._forward(np.array([tokens]), np.arange(len(tokens)), scores_too=True)
         return Record(record.embedding[0], record.embedding_norm[0], [Layer(*(x[0] for x in layer))
                                                                       for layer in record.layers], record.logits[0])
 

@@ -201,9 +201,10 @@ class Engine(Base):
         """Logits (T, V) after each of `tokens`, which follow the positions in `cache` and are appended to it."""
         return self._forward([tokens], [cache]).logits
 
-    def _forward(self, seqs, caches):
+    def _forward(self, seqs, caches, scores_too=False):
         """The Record of a forward pass over several sequences at once, their tokens laid end to end (N rows); each
-        attends only within itself, through its own cache; attention's scores and weights are per sequence."""
+        attends only within itself, through its own cache; attention's weights (and, for a trace only, scores:
+        the backward does not need them) are per sequence."""
         cfg, P = self.cfg, self.params
         bounds = list(accumulate(map(len, seqs), initial=0))  # where each sequence starts and ends in the N rows
         tokens = [t for seq in seqs for t in seq]
@@ -231,8 +232,8 @@ class Engine(Base):
             relu = relu_forward(fc1)
             fc2 = linear_forward(relu, P[L + "mlp_fc2"])  # (N, C)
             x = matadd(fc2, attn_residual)
-            layers.append(Layer(attn_norm, q, k, v, scores, weights, heads, proj, attn_residual, mlp_norm, fc1, relu,
-                                fc2, x))
+            layers.append(Layer(attn_norm, q, k, v, scores if scores_too else None, weights, heads, proj,
+                                attn_residual, mlp_norm, fc1, relu, fc2, x))
         return Record(embedding, embedding_norm, layers, linear_forward(x, P["lm_head"]))  # logits (N, V)
 
     def _loss(self, batch):
@@ -293,7 +294,7 @@ class Engine(Base):
 
     def record(self, tokens):
         """The Record of one forward pass over `tokens` (T,), every intermediate as nested lists."""
-        record = self._forward([tokens], [self.new_cache()])  # one sequence: its scores and weights are the first
+        record = self._forward([tokens], [self.new_cache()], scores_too=True)  # of one sequence: the first
         return record._replace(layers=[x._replace(attn_scores=x.attn_scores[0], attn_weights=x.attn_weights[0])
                                        for x in record.layers])
 
