@@ -82,8 +82,12 @@ def duplicate(path, other):
             os.link(path, tmp)
         except OSError:  # a file system without hard links
             shutil.copyfile(path, tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, other)
     except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
         raise UserError(f"cannot write the checkpoint {other}: {e.strerror}; free some space or choose another --out "
                         "(the previous checkpoint, if any, is intact)") from None
 

@@ -30,6 +30,7 @@ MODEL_FIELDS = ("n_layer", "n_embd", "n_head", "block_size")
 REFERENCE_MODEL = {name: getattr(GPTConfig(), name) for name in MODEL_FIELDS}  # the atomic file's defaults
 TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig))
 
+
 @dataclass(frozen=True)
 class RunSettings:
     """Everything that decides the numbers a run computes (a resume must not change any of it), and the few things

@@ -34,6 +34,13 @@ def split(flat, cfg):
             segments(cfg).items()}
 
 
+def stacked_qkv(flat, cfg, layer):
+    """The part of a flat array (P,) that holds attn_wq, attn_wk and attn_wv of a layer, which follow one another:
+    the three (C, C) matrices stacked, (3C, C) once reshaped."""
+    start = segments(cfg)[f"layer{layer}.attn_wq"][0]
+    return flat[start:start + 3 * cfg.n_embd * cfg.n_embd]
+
+
 def checkpoint_tensors(cfg, weights, m, v):
     """The tensors of a checkpoint, {name: (shape, flat part)}, from the three flat arrays (P,): views of the
     engine's own arrays where it has them, so that a checkpoint is written from their bytes."""
@@ -53,8 +60,8 @@ def state_from_checkpoint(tensors, cfg, path):
     flats = []
     for prefix in KINDS:
         parts = [tensors[prefix + name][1] for name in segments(cfg)]
-        flat = array(parts[0].typecode)  # F32 or F64, as saved
+        flat = array("f" if all(part.typecode == "f" for part in parts) else "d")  # as saved: F32, or F64
         for part in parts:
-            flat.extend(part)
+            flat.extend(part if part.typecode == flat.typecode else array(flat.typecode, part))
         flats.append(flat)
     return tuple(flats)

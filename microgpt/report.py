@@ -121,11 +121,15 @@ def build(run_dir, engine_name=None, prompt=None, num_samples=10):
     if text is None:  # a default the data may not spell: keep the characters it knows
         text = "".join(ch for ch in ("emma" if documents else "ROMEO:") if not tok.unknown(ch))
     ids = (([tok.bos] if documents else []) + tok.encode(text))[:engine.cfg.block_size] or stream_start(tok)
-    traced, labels = trace(engine, ids), [label(tok, i) for i in ids]
+    labels = [label(tok, i) for i in ids]
     sections.append(f"<h2>Attention of {esc(labels)}</h2><div>")
-    for li in range(engine.cfg.n_layer):
-        for h, weights in enumerate(nested(*traced[f"layer{li}.attn.weights"])):
-            sections.append(attention_svg(weights, labels, f"layer {li}, head {h}"))
+    try:
+        traced = trace(engine, ids)
+        for li in range(engine.cfg.n_layer):
+            for h, weights in enumerate(nested(*traced[f"layer{li}.attn.weights"])):
+                sections.append(attention_svg(weights, labels, f"layer {li}, head {h}"))
+    except UserError as e:  # the scalar engine cannot trace: the page says so, and has everything else
+        sections.append(f"<p>{esc(e)}</p>")
     sections.append("</div>")
     rng = random.Random(0)
     start, stop = ([tok.bos], tok.bos) if documents else (stream_start(tok), None)

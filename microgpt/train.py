@@ -164,12 +164,14 @@ class Trainer:
         if not math.isfinite(loss):
             raise TrainingDiverged(self.step + 1, loss, self.out_dir, self.last_saved_step,
                                    self.engine.first_non_finite(batch[0][:self.cfg.block_size]))
-        snapshot = self.engine.health_snapshot() if logged else None
+        snapshot_started = time.perf_counter()
+        snapshot = self.engine.health_snapshot() if logged else None  # (not counted in the step's time)
+        snapshot_seconds = time.perf_counter() - snapshot_started
         grad_norm = self.engine.clip_grads(tc.grad_clip) if tc.grad_clip else None
         lr = learning_rate(self.step, tc)
         self.engine.adam_step(self.step, lr, tc.beta1, tc.beta2, tc.eps, tc.weight_decay)
         self.step += 1
-        seconds = time.perf_counter() - started
+        seconds = time.perf_counter() - started - snapshot_seconds
         tokens = engines.predicted_tokens(batch, self.cfg.block_size)
         self.smoothed = loss if self.smoothed is None else 0.9 * self.smoothed + 0.1 * loss
         progress.update(self.step, loss, tokens, seconds)

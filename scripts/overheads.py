@@ -20,10 +20,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from microgpt import engines  # noqa: E402
-from microgpt.config import RunSettings, TrainConfig  # noqa: E402
-from microgpt.progress import Progress  # noqa: E402
-from microgpt.train import Trainer  # noqa: E402
+from microgpt import engines
+from microgpt.config import RunSettings, TrainConfig
+from microgpt.progress import Progress
+from microgpt.train import Trainer
 
 MODEL = dict(n_layer=6, n_embd=384, n_head=6, block_size=256)
 TRAIN = TrainConfig(steps=1000, lr=1e-3, grad_clip=1.0, init_std=0.02)

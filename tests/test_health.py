@@ -9,7 +9,7 @@ from conftest import microgpt
 
 from microgpt import atomic, engines, health
 from microgpt.initialisation import reference_weights
-from microgpt.layout import segments
+from microgpt.layout import segments, split
 from microgpt.trace import nested, trace
 
 CFG = atomic.GPTConfig(vocab_size=5, block_size=6, n_layer=2, n_embd=8, n_head=2)
@@ -56,6 +56,32 @@ def test_layer_statistics_are_what_their_names_say(name):
         assert math.isclose(layer["activation_rms"], norm(stream) / math.sqrt(len(stream)), rel_tol=1e-12)
         assert layer["dead_relu"] == dead
     assert stats["non_finite"] is None and stats["collapsed"] == []
+
+
+def in_storage(name, nested):
+    """Nested lists of floats as the engine `name` holds intermediates: NumPy arrays, torch tensors, or lists."""
+    if name == "numpy":
+        return pytest.importorskip("numpy").array(nested)
+    if name == "torch":
+        torch = pytest.importorskip("torch")
+        return torch.tensor(nested, dtype=torch.float64)
+    return nested
+
+
+@pytest.mark.parametrize("name", engines.installed())
+def test_each_engines_health_arithmetic_gives_the_known_answers(name):
+    # the few reductions each engine writes in its own arithmetic (engines/base.py has the plain-Python ones)
+    engine = engines.create(name, CFG, reference_weights(CFG, random.Random(0)))
+    relu = [[0.0, 1.0, 0.0, 2.0], [0.0, 0.0, 0.0, 1.0]]  # (T, 4C): units 0 and 2 are off at every position
+    assert engine._dead(in_storage(name, relu)) == 0.5
+    assert math.isclose(engine._rms(in_storage(name, [[3.0, 4.0]])), 5 / math.sqrt(2), rel_tol=1e-15)
+    weights = [[[1.0, 0.0], [0.995, 0.005]], [[1.0, 0.0], [0.5, 0.5]]]  # (H, T, T): head 0 puts 99.5% on one key
+    assert engine._collapsed(in_storage(name, weights)) == [0]
+    scores = in_storage(name, [[0.5, -math.inf]])
+    assert engine._finite(scores, masked=True) and not engine._finite(scores)  # -inf is a masked score only
+    assert not engine._finite(in_storage(name, [[0.5, math.nan]]), masked=True)
+    assert engine._norms(engine._copy(engine.p)) == pytest.approx([norm(part) for _, part in split(
+        list(engine.weights()), CFG).values()], rel=1e-12)
 
 
 def test_every_engine_measures_the_same_health():

@@ -10,7 +10,7 @@ from conftest import microgpt
 
 from microgpt import atomic, engines
 from microgpt.check import check_command
-from microgpt.engines import numpy as numpy_engine
+from microgpt.engines.base import flatten
 from microgpt.initialisation import reference_weights
 from microgpt.sampling import softmax
 from microgpt.trace import heat_map, nested, trace
@@ -33,8 +33,8 @@ def test_check_passes_every_row_and_exits_0(capsys):
     assert len(rows) == 9 + 12 * len(TRACED) and out.endswith(f"{len(rows)} of {len(rows)} rows pass\n")
 
 
-@pytest.mark.skipif("numpy" not in engines.installed(), reason="no numpy")
 def test_check_fails_on_a_planted_bug(capsys, monkeypatch):
+    numpy_engine = pytest.importorskip("microgpt.engines.numpy", reason="no numpy")
     correct = numpy_engine.rmsnorm_backward
     monkeypatch.setattr(numpy_engine, "rmsnorm_backward", lambda dy, x: correct(dy, x) * (1 + 1e-9))
     code, out = check(capsys)
@@ -48,14 +48,6 @@ def traces(tokens):
             for name in TRACED}
 
 
-def flat(value):
-    if isinstance(value, list):
-        for x in value:
-            yield from flat(x)
-    else:
-        yield value
-
-
 EXPECTED = ["embedding", "embedding.norm"] + [f"layer{i}.{part}" for i in range(2) for part in (
     "attn.norm", "attn.q", "attn.k", "attn.v", "attn.scores", "attn.weights", "attn.heads", "attn.proj",
     "attn.residual", "mlp.norm", "mlp.fc1", "mlp.relu", "mlp.fc2", "mlp.residual")] + ["logits", "probs"]
@@ -67,7 +59,7 @@ def test_trace_names_and_values_agree_on_every_engine():
     for name, record in records.items():
         assert list(record) == EXPECTED, name  # the names, in the order computed
         for key in EXPECTED:
-            got, want = list(flat(record[key])), list(flat(first[key]))
+            got, want = list(flatten(record[key])), list(flatten(first[key]))
             assert len(got) == len(want) and all(a == b for a, b in zip(got, want) if not math.isfinite(b))
             assert max(abs(a - b) for a, b in zip(got, want) if math.isfinite(b)) <= 1e-12, (name, key)
 
@@ -90,7 +82,7 @@ def test_the_traced_logits_are_the_forward_passs_and_probs_their_softmax(name):
     engine = engines.create(name, CFG, reference_weights(CFG, random.Random(3), std=0.3))
     record = traces(tokens)[name]
     forward = engine.forward(tokens, engine.new_cache())
-    assert max(abs(a - b) for a, b in zip(flat(record["logits"]), flat(forward))) <= 1e-12
+    assert max(abs(a - b) for a, b in zip(flatten(record["logits"]), flatten(forward))) <= 1e-12
     assert record["probs"] == [softmax(row, 1.0) for row in record["logits"]]
 
 

@@ -66,6 +66,19 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights_bit_for_bit(engi
     assert whole.samples(3, 1.0) == resumed.samples(3, 1.0)  # and the random stream too
 
 
+@pytest.mark.parametrize("engine", [p for p in FAST if p.values[0] != "python"])
+def test_a_float32_run_resumes_bit_for_bit_from_its_float32_checkpoint(engine, words, tmp_path):
+    settings = RunSettings(**{**small_settings(words, grad_clip=0.5).__dict__, "engine": engine, "dtype": "float32"})
+    whole = run_steps(settings, tmp_path / "whole")
+    run_steps(settings, tmp_path / "parts", stop_after=7)
+    tensors, _ = checkpoint.load(tmp_path / "parts")
+    assert {values.typecode for _, values in tensors.values()} == {"f"}  # saved from the float32 arrays' bytes
+    resumed = run_steps(settings, tmp_path / "parts", resume=checkpoint.load(tmp_path / "parts"))
+    for a, b in zip((whole.engine.weights(), *whole.engine.moments()),
+                    (resumed.engine.weights(), *resumed.engine.moments())):
+        assert a.dtype == b.dtype == "float32" and list(a) == list(b)
+
+
 def test_run_directory_holds_checkpoints_and_a_jsonl_log(tmp_path, words):
     result = microgpt("train", "--data", words, "--steps", 10, "--eval-every", 5, "--log-every", 2, "--out", "run",
                  "--num-samples", 2, cwd=tmp_path)

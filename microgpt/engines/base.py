@@ -2,23 +2,27 @@
 
 An engine holds one model (its weights, their gradients, Adam's two moments) and computes the reference's
 numbers with it, at its own speed; every engine subclasses Engine below, and nothing outside microgpt/engines/ asks
-an engine what it has. The calls:
+an engine what it has. What it offers:
 
-  Engine(cfg, weights, dtype, **options)   weights: a flat array (P,) (initialisation.reference_weights, or a
-                                           checkpoint's); options: the torch engine's device, attention, compile
-  training     loss_and_grads(batch) -> the mean loss over every predicted token of a batch of token lists (each
-                   cut to block_size + 1 tokens), filling the gradients; clip_grads(max_norm) -> the gradient's
-                   global norm before clipping; adam_step(step, lr_t, beta1, beta2, eps, weight_decay)
-  evaluation   loss(batch) -> the same mean loss, no gradients
-  sampling     new_cache(); forward(tokens, cache) -> the logits (T, V) as lists of floats, after the cached tokens
-  state        weights(), gradients(), moments() -> (m, v): flat arrays (P,) in the engine's own storage (a NumPy
-                   array; array('d') for the standard-library engines), laid out as microgpt/layout.py says and
-                   valid until the next step; load_state(weights, m, v); a checkpoint is written from their bytes
-  insight      record(tokens) -> Record: every intermediate of one forward pass, named as `trace` prints them;
-                   health_snapshot() before clip_grads, then health(snapshot, tokens) -> a few numbers (below);
-                   first_non_finite(tokens) -> the name of the first intermediate that is NaN or infinite
-  placement    rank, world (the processes of a torchrun launch), describe(), mfu(tokens_per_second) -> the share
-                   of the hardware's peak or None, should_stop(requested) -> the decision every process shares
+  construction  Engine(cfg, weights, dtype="float64", **options) in each engine's file (engines.create makes
+                    one): cfg an atomic.GPTConfig, weights a flat array (P,) (initialisation.reference_weights, or a
+                    checkpoint's), dtype one of the class's `dtypes`; options: the torch engine's device,
+                    attention, compile. Attributes: name, cfg, dtypes
+  training      loss_and_grads(batch) -> the mean loss over every predicted token of a batch of token lists
+                    (each cut to block_size + 1 tokens), filling the gradients; clip_grads(max_norm) -> the
+                    gradient's global norm before clipping; adam_step(step, lr_t, beta1, beta2, eps, weight_decay)
+  evaluation    loss(batch) -> the same mean loss, no gradients
+  sampling      new_cache(); forward(tokens, cache) -> the logits (T, V), lists of floats, after the cached tokens
+  state         weights(), gradients(), moments() -> (m, v): flat arrays (P,) laid out as microgpt/layout.py says,
+                    whose bytes a checkpoint is written from: NumPy arrays that are the engine's own memory (numpy,
+                    torch on the CPU: valid until the next step; copy to keep), or array('d') copies of the lists
+                    of the standard-library engines; load_state(weights, m, v)
+  insight       record(tokens) -> Record: every intermediate of one forward pass, under the names `trace` prints;
+                    flat(value) -> (shape, flat array) of one of them; health_snapshot() before clip_grads, then
+                    health(snapshot, tokens) -> the numbers microgpt/health.py describes; first_non_finite(tokens)
+                    -> the name of the first intermediate that is NaN or infinite (None if there is none)
+  placement     rank, world (this process among those of a torchrun launch), describe(), mfu(tokens_per_second)
+                    -> the share of the hardware's peak or None, should_stop(requested) -> what every process does
 
 The defaults here are those of an engine that runs in one process on a CPU, and the health arithmetic of the
 standard-library engines, which the array engines replace with their own. Shapes: T positions, C = n_embd,
@@ -36,8 +40,9 @@ from microgpt.layout import split
 
 class Layer(NamedTuple):
     """What one transformer block computes, in order; each field's trace name is layer{i}. and the field's name with
-    its first _ as a dot (attn_norm -> layer0.attn.norm). A forward pass over a batch has a batch axis in front, and
-    keeps no attn_scores (None: the backward needs the weights alone); record() keeps them all."""
+    its first _ as a dot (attn_norm -> layer0.attn.norm). The shapes are record()'s, of one sequence; the forward
+    pass of a batch keeps its documents as each engine lays them out (numpy: a batch axis in front; python: rows
+    end to end, the attention per document) and no attn_scores (None: the backward needs the weights alone)."""
     attn_norm: object  # (T, C) the stream entering the block, rmsnormed: what q, k and v read
     attn_q: object  # (T, C) queries; head h owns columns h*C/H ... (h+1)*C/H, as in keys and values
     attn_k: object  # (T, C) keys
@@ -94,9 +99,11 @@ class Engine:
         raise NotImplementedError
 
     def clip_grads(self, max_norm):
+        """Scale the gradients down to a global L2 norm of max_norm if above it; return the norm before."""
         raise NotImplementedError
 
     def adam_step(self, step, lr_t, beta1=0.85, beta2=0.99, eps=1e-8, weight_decay=0.0):
+        """One AdamW update from the gradients (step counts from 0) at learning rate lr_t."""
         raise NotImplementedError
 
     def new_cache(self):
@@ -155,9 +162,9 @@ class Engine:
                    for (name, (rows, cols)), g, u, w in zip(self.shapes.items(), grad_norms, update_norms,
                                                             weight_norms)}
         return {"grad_norm": math.sqrt(sum(g * g for g in grad_norms)), "tensors": tensors,
-                **self.layer_health(tokens)}
+                **self._layer_health(tokens)}
 
-    def layer_health(self, tokens):
+    def _layer_health(self, tokens):
         record = self.record(tokens)
         return {"layers": [{"activation_rms": self._rms(layer.mlp_residual), "dead_relu": self._dead(layer.mlp_relu)}
                            for layer in record.layers],

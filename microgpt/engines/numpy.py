@@ -18,7 +18,7 @@ import numpy as np
 from microgpt import health
 from microgpt.engines.base import Engine as Base
 from microgpt.engines.base import Layer, Record, in_chunks
-from microgpt.layout import segments, split
+from microgpt.layout import split, stacked_qkv
 
 # ----------------------------------------------------------------------------------------------------------------
 # The operations, each a forward/backward pair
@@ -116,8 +116,14 @@ def at_targets(targets):  # the index of probs[b, t, targets[b, t]] for every b,
     return np.arange(B)[:, None], np.arange(T), targets
 
 
+def square_sum(x):  # the sum of x^2, in float64: a float32 dot product keeps fewer digits of ten million terms
+    x = x.astype(np.float64, copy=False)
+    return float(np.dot(x, x))
+
+
 def adam_update(p, g, m, v, step, lr_t, beta1, beta2, eps, weight_decay):
-    """AdamW on every parameter at once, in place on flat arrays (P,), in the reference's order."""
+    """AdamW on every parameter at once, in place on flat arrays (P,): the decoupled decay first, then the
+    reference's expressions in the reference's order."""
     if weight_decay:
         p -= lr_t * weight_decay * p
     bias1, bias2 = 1 - beta1 ** (step + 1), 1 - beta2 ** (step + 1)
@@ -146,10 +152,9 @@ class Engine(Base):
         self.params, self.grads = self.matrices(self.p), self.matrices(self.g)
 
     def matrices(self, flat):  # (P,) -> {name: matrix}, views into the flat array; and attn_qkv of every layer
-        found, C = {name: part.reshape(shape) for name, (shape, part) in split(flat, self.cfg).items()}, self.cfg.n_embd
-        for li in range(self.cfg.n_layer):  # wq, wk, wv follow one another: the (3C, C) matrix from wq's start
-            start = segments(self.cfg)[f"layer{li}.attn_wq"][0]
-            found[f"layer{li}.attn_qkv"] = flat[start:start + 3 * C * C].reshape(3 * C, C)
+        found = {name: part.reshape(shape) for name, (shape, part) in split(flat, self.cfg).items()}
+        for li in range(self.cfg.n_layer):  # attn_wq, attn_wk, attn_wv stacked (3C, C), a view of all three
+            found[f"layer{li}.attn_qkv"] = stacked_qkv(flat, self.cfg, li).reshape(3 * self.cfg.n_embd, -1)
         return found
 
     def load_state(self, weights, m, v):
@@ -163,14 +168,16 @@ class Engine(Base):
 
     def forward(self, tokens, cache):
         """Logits (T, V) after each of `tokens`, which follow the positions in `cache` and are appended to it."""
-        start = cache[0][0].shape[1]
-        return self._forward(np.array([tokens]), np.arange(start, start + len(tokens)), cache).logits[0].tolist()
+        return self._forward(np.array([tokens]), cache).logits[0].tolist()
 
-    def _forward(self, tokens, positions, cache=None, scores_too=False):
-        """The Record of a forward pass over a batch of token rows (B, T); `cache` (for B = 1) holds earlier keys
-        and values, which this call extends. Attention's scores are kept for a trace only: the backward needs the
-        weights alone, and at nanoGPT's size every layer's scores of a batch of 64 are 100 MB."""
+    def _forward(self, tokens, cache=None, scores_too=False):
+        """The Record of a forward pass over documents, token rows (B, T) padded to one length; `cache` (for one
+        document) holds the keys and values of earlier positions, which this call extends. Attention's scores are
+        kept for a trace only: the backward needs the weights alone, and at nanoGPT's size every layer's scores of
+        a batch of 64 are 100 MB."""
         cfg, P = self.cfg, self.params
+        start = cache[0][0].shape[1] if cache is not None else 0
+        positions = np.arange(start, start + tokens.shape[1])
         embedding = embedding_forward(P["wte"], P["wpe"], tokens, positions)  # (B, T, C)
         x = embedding_norm = rmsnorm_forward(embedding)
         layers, C = [], cfg.n_embd
@@ -207,7 +214,7 @@ class Engine(Base):
             padded[b, :len(seq)] = seq
             counts[b, :len(seq) - 1] = 1.0
         inputs, targets = padded[:, :-1], padded[:, 1:]
-        record = self._forward(inputs, np.arange(T))
+        record = self._forward(inputs)
         losses, probs = cross_entropy_forward(record.logits, targets)
         loss = float((losses * counts).sum() * (1 / counts.sum()))
         return loss, inputs, record, probs, targets, counts * (1 / counts.sum())
@@ -244,20 +251,19 @@ class Engine(Base):
         return loss
 
     def clip_grads(self, max_norm):
-        """Scale the gradients down to a global L2 norm of max_norm if above it; return the norm before."""
-        norm = math.sqrt(sum(float(np.dot(g, g)) for (g,) in in_chunks(self.g)))
+        norm = math.sqrt(sum(square_sum(g) for (g,) in in_chunks(self.g)))
         if norm > max_norm:
             self.g *= max_norm / norm
         return norm
 
     def adam_step(self, step, lr_t, beta1=0.85, beta2=0.99, eps=1e-8, weight_decay=0.0):
-        """One AdamW update from self.g (step counts from 0) at learning rate lr_t."""
         for p, g, m, v in in_chunks(self.p, self.g, self.m, self.v):
             adam_update(p, g, m, v, step, lr_t, beta1, beta2, eps, weight_decay)
 
+    @np.errstate(all="ignore")
     def record(self, tokens):
         """The Record of one forward pass over `tokens` (T,), every intermediate an array without the batch axis."""
-        record = self._forward(np.array([tokens]), np.arange(len(tokens)), scores_too=True)
+        record = self._forward(np.array([tokens]), scores_too=True)
         return Record(record.embedding[0], record.embedding_norm[0], [Layer(*(x[0] for x in layer))
                                                                       for layer in record.layers], record.logits[0])
 
@@ -270,7 +276,7 @@ class Engine(Base):
         return x.shape, np.ascontiguousarray(x).ravel()
 
     def _norms(self, flat):
-        return [math.sqrt(float(np.dot(part, part))) for _, part in split(flat, self.cfg).values()]
+        return [math.sqrt(square_sum(part)) for _, part in split(flat, self.cfg).values()]
 
     def _copy(self, flat):
         return flat.copy()

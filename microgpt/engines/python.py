@@ -8,7 +8,7 @@ arithmetic is the reference's, so the numbers agree with the atomic file to roun
 this file again on arrays, function for function. Standard library only, Python 3.9 and PyPy.
 
 Shapes: N = tokens of a batch (its documents end to end), T = tokens of one document, C = n_embd, H = n_head,
-D = head_dim = C // H, V = vocab_size, P = parameters. A matrix is a list of rows.
+D = head_dim = C // H, V = vocab_size, P = parameters; a matrix is a list of rows.
 """
 import math
 from itertools import accumulate
@@ -185,7 +185,8 @@ class Engine(Base):
     def matrices(self, flat):  # (P,) -> {name: matrix}, rows copied out of the flat list; and attn_qkv of every layer
         found = {name: [part[r * cols:(r + 1) * cols] for r in range(rows)]
                  for name, ((rows, cols), part) in split(flat, self.cfg).items()}
-        for L in (f"layer{li}." for li in range(self.cfg.n_layer)):  # wq, wk, wv's rows, the same lists: (3C, C)
+        for li in range(self.cfg.n_layer):  # attn_wq, attn_wk, attn_wv stacked (3C, C): the same row lists
+            L = f"layer{li}."
             found[L + "attn_qkv"] = found[L + "attn_wq"] + found[L + "attn_wk"] + found[L + "attn_wv"]
         return found
 
@@ -195,20 +196,21 @@ class Engine(Base):
 
     def new_cache(self):
         """An empty key/value cache: per layer, the key rows and value rows of the positions fed."""
-        return [([], []) for _ in range(self.cfg.n_layer)]
+        return [[[], []] for _ in range(self.cfg.n_layer)]
 
     def forward(self, tokens, cache):
         """Logits (T, V) after each of `tokens`, which follow the positions in `cache` and are appended to it."""
-        return self._forward([tokens], [cache]).logits
+        return self._forward([tokens], cache).logits
 
-    def _forward(self, seqs, caches, scores_too=False):
-        """The Record of a forward pass over several sequences at once, their tokens laid end to end (N rows); each
-        attends only within itself, through its own cache; attention's weights (and, for a trace only, scores:
-        the backward does not need them) are per sequence."""
+    def _forward(self, seqs, cache=None, scores_too=False):
+        """The Record of a forward pass over documents (token lists) laid end to end (N rows), each attending within
+        itself; `cache` (for one document) holds earlier positions' keys and values, which this call extends.
+        Attention's weights (and, for a trace only, scores: the backward does not need them) are per document."""
         cfg, P = self.cfg, self.params
-        bounds = list(accumulate(map(len, seqs), initial=0))  # where each sequence starts and ends in the N rows
+        start = len(cache[0][0]) if cache is not None else 0
+        bounds = list(accumulate(map(len, seqs), initial=0))  # where each document starts and ends in the N rows
         tokens = [t for seq in seqs for t in seq]
-        positions = [len(cache[0][0]) + i for seq, cache in zip(seqs, caches) for i in range(len(seq))]
+        positions = [start + i for seq in seqs for i in range(len(seq))]
         embedding = embedding_forward(P["wte"], P["wpe"], tokens, positions)  # (N, C)
         x = embedding_norm = rmsnorm_forward(embedding)
         layers, C = [], cfg.n_embd
@@ -217,14 +219,13 @@ class Engine(Base):
             attn_norm = rmsnorm_forward(x)
             qkv = linear_forward(attn_norm, P[L + "attn_qkv"])  # (N, 3C): one product for the three
             q, k, v = [row[:C] for row in qkv], [row[C:2 * C] for row in qkv], [row[2 * C:] for row in qkv]
-            attended = []  # per sequence: its heads (T, C), scores and weights (H, T, T)
-            for a, b, cache in zip(bounds, bounds[1:], caches):
-                keys, values = cache[li]
-                keys += k[a:b]
-                values += v[a:b]
-                attended.append(attention_forward(q[a:b], keys, values, cfg.n_head))
+            documents = [(q[a:b], k[a:b], v[a:b]) for a, b in zip(bounds, bounds[1:])]
+            if cache is not None:  # one document: its queries see the cached keys and values too
+                cache[li] = [cache[li][0] + k, cache[li][1] + v]
+                documents = [(q, *cache[li])]
+            attended = [attention_forward(*document, cfg.n_head) for document in documents]
             heads = [row for out, _, _ in attended for row in out]  # (N, C)
-            scores, weights = [s for _, s, _ in attended], [w for _, _, w in attended]
+            scores, weights = [s for _, s, _ in attended], [w for _, _, w in attended]  # per document (H, T, T)
             proj = linear_forward(heads, P[L + "attn_wo"])  # (N, C)
             attn_residual = matadd(proj, x)
             mlp_norm = rmsnorm_forward(attn_residual)
@@ -238,13 +239,14 @@ class Engine(Base):
 
     def _loss(self, batch):
         """The mean loss over every predicted token of a batch of documents (each cut to block_size + 1 tokens), and
-        what the backward needs: the inputs, the record, the probabilities, the targets, each token's share."""
+        what the backward needs."""
         seqs = [doc[:self.cfg.block_size + 1] for doc in batch]
         inputs = [seq[:-1] for seq in seqs]
-        record = self._forward(inputs, [self.new_cache() for _ in seqs])
+        record = self._forward(inputs)
         targets = [t for seq in seqs for t in seq[1:]]
         losses, probs = cross_entropy_forward(record.logits, targets)
-        return (1 / len(targets)) * sum(losses), inputs, record, probs, targets, 1 / len(targets)
+        share = 1 / len(targets)  # each token's share of the loss
+        return share * sum(losses), inputs, record, probs, targets, share
 
     def loss(self, batch):
         return self._loss(batch)[0]
@@ -281,20 +283,18 @@ class Engine(Base):
         return loss
 
     def clip_grads(self, max_norm):
-        """Scale the gradients down to a global L2 norm of max_norm if above it; return the norm before."""
         norm = math.sqrt(sum(g * g for g in self.g))
         if norm > max_norm:
             self.g = [g * (max_norm / norm) for g in self.g]
         return norm
 
     def adam_step(self, step, lr_t, beta1=0.85, beta2=0.99, eps=1e-8, weight_decay=0.0):
-        """One AdamW update from self.g (step counts from 0) at learning rate lr_t."""
         adam_update(self.p, self.g, self.m, self.v, step, lr_t, beta1, beta2, eps, weight_decay)
         self.params = self.matrices(self.p)
 
     def record(self, tokens):
         """The Record of one forward pass over `tokens` (T,), every intermediate as nested lists."""
-        record = self._forward([tokens], [self.new_cache()], scores_too=True)  # of one sequence: the first
-        return record._replace(layers=[x._replace(attn_scores=x.attn_scores[0], attn_weights=x.attn_weights[0])
-                                       for x in record.layers])
+        record = self._forward([tokens], scores_too=True)  # one document: its attention is the first
+        return record._replace(layers=[layer._replace(attn_scores=layer.attn_scores[0],
+                                                      attn_weights=layer.attn_weights[0]) for layer in record.layers])
 

@@ -70,7 +70,7 @@ class Engine(Base):
                 value.data -= lr_t * weight_decay * value.data
         atomic.adam_step(self.values, self.m, self.v, step, lr_t, beta1, beta2, eps)
 
-    def layer_health(self, tokens):
+    def _layer_health(self, tokens):
         return {"layers": None, "non_finite": None, "collapsed": []}
 
     def first_non_finite(self, tokens):

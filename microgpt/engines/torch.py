@@ -103,7 +103,7 @@ class GPT(nn.Module):
 
     def record(self, tokens):
         """The Record of one forward pass over tokens (T,): GPT.forward's steps again, each kept under its trace name
-        (attention spelled out, since the fused kernel never materialises the scores and weights)."""
+        (attention spelled out); tests/test_torch.py holds its logits to forward's."""
         H = self.cfg.n_head
         embedding = self.wte[tokens] + self.wpe[:len(tokens)]  # (T, C)
         x = embedding_norm = rmsnorm(embedding)
