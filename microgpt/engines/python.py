@@ -8,10 +8,11 @@ arithmetic is the reference's, so the numbers agree with the atomic file to roun
 this file again on arrays, function for function. Standard library only, Python 3.9 and PyPy.
 
 Shapes: N = tokens of a batch (its documents end to end), T = tokens of one document, C = n_embd, H = n_head,
-D = head_dim = C // H, V = vocab_size, P = parameters; a matrix is a list of rows.
+D = head_dim = C // H, V = vocab_size, P = parameters; a matrix is a list of rows (a backward adds into dw by
+giving it new rows, each the old one plus the gradient: faster in Python than changing a row in place).
 """
 import math
-from itertools import accumulate
+from itertools import accumulate, chain
 from operator import add, mul
 
 from microgpt.engines.base import Engine as Base
@@ -28,8 +29,8 @@ def embedding_forward(wte, wpe, tokens, positions):  # tokens, positions (N,) ->
 
 def embedding_backward(dx, tokens, positions, dwte, dwpe):  # dx (N, C): each row into dwte[token], dwpe[position]
     for row, t, p in zip(dx, tokens, positions):
-        dwte[t][:] = map(add, dwte[t], row)
-        dwpe[p][:] = map(add, dwpe[p], row)
+        dwte[t] = list(map(add, dwte[t], row))
+        dwpe[p] = list(map(add, dwpe[p], row))
 
 
 def rms_scale(x):  # (N, C) -> (N,): (mean(x^2) + 1e-5)^-1/2, the reference's arithmetic
@@ -58,13 +59,11 @@ def linear_forward(x, w):  # x (N, nin), w (nout, nin) -> (N, nout)
 def linear_backward(dy, x, w, dw):  # dy (N, nout) -> dx (N, nin); adds dy^T x into dw (nout, nin)
     w_cols = list(zip(*w))  # (nin, nout)
     dx = [[sum(map(mul, dy_row, col)) for col in w_cols] for dy_row in dy]
-    # dw[i] += dy[t][i] * x[t], token by token; a zero dy[t][i] (a ReLU that was off) adds nothing, so it is skipped
-    for dw_row, dy_col in zip(dw, zip(*dy)):  # dy_col (N,): output i's gradient at every token
-        row = dw_row
-        for g, x_row in zip(dy_col, x):
+    # dw[i] += dy[t][i] * x[t], token by token; a zero dy[t][i] (a ReLU that was off) adds nothing: skipped
+    for dy_row, x_row in zip(dy, x):
+        for i, g in enumerate(dy_row):
             if g:
-                row = [a + g * b for a, b in zip(row, x_row)]
-        dw_row[:] = row  # into the buffer given
+                dw[i] = [a + g * b for a, b in zip(dw[i], x_row)]
     return dx
 
 
@@ -238,8 +237,7 @@ class Engine(Base):
         return Record(embedding, embedding_norm, layers, linear_forward(x, P["lm_head"]))  # logits (N, V)
 
     def _loss(self, batch):
-        """The mean loss over every predicted token of a batch of documents (each cut to block_size + 1 tokens), and
-        what the backward needs."""
+        """The mean loss of a batch (each document cut to block_size + 1 tokens), and what the backward needs."""
         seqs = [doc[:self.cfg.block_size + 1] for doc in batch]
         inputs = [seq[:-1] for seq in seqs]
         record = self._forward(inputs)
@@ -253,8 +251,8 @@ class Engine(Base):
 
     def loss_and_grads(self, batch):
         """The mean loss of a batch, and its gradient with respect to every weight into self.g."""
-        cfg, P = self.cfg, self.params
-        G = self.matrices([0.0] * len(self.p))  # the gradients, matrix by matrix
+        cfg, P, C = self.cfg, self.params, self.cfg.n_embd
+        G = {name: [[0.0] * cols for _ in range(rows)] for name, (rows, cols) in self.shapes.items()}  # gradients
         loss, inputs, record, probs, targets, dloss = self._loss(batch)
         bounds = list(accumulate(map(len, inputs), initial=0))
 
@@ -274,12 +272,14 @@ class Engine(Base):
                 dq, dk, dv = attention_backward(dheads[a:b], layer.attn_q[a:b], layer.attn_k[a:b],
                                                 layer.attn_v[a:b], weights, cfg.n_head)
                 dqkv.extend(rq + rk + rv for rq, rk, rv in zip(dq, dk, dv))
-            dnorm = linear_backward(dqkv, layer.attn_norm, P[L + "attn_qkv"], G[L + "attn_qkv"])
+            dw_qkv = G[L + "attn_wq"] + G[L + "attn_wk"] + G[L + "attn_wv"]  # (3C, C): the backward renews its rows
+            dnorm = linear_backward(dqkv, layer.attn_norm, P[L + "attn_qkv"], dw_qkv)
+            G[L + "attn_wq"], G[L + "attn_wk"], G[L + "attn_wv"] = dw_qkv[:C], dw_qkv[C:2 * C], dw_qkv[2 * C:]
             dx = matadd(rmsnorm_backward(dnorm, record.stream(li)), dx)
         dx = rmsnorm_backward(dx, record.embedding)
         positions = [i for seq in inputs for i in range(len(seq))]
         embedding_backward(dx, [t for seq in inputs for t in seq], positions, G["wte"], G["wpe"])
-        self.g = [x for name in self.shapes for row in G[name] for x in row]  # (P,) in the reference order
+        self.g = list(chain.from_iterable(chain.from_iterable(G.values())))  # (P,) in the reference order
         return loss
 
     def clip_grads(self, max_norm):
