@@ -229,7 +229,6 @@ class Engine(Base):
         cfg, P, G = self.cfg, self.params, self.grads
         self.g[:] = 0.0
         loss, inputs, record, probs, targets, dloss = self._loss(batch)
-
         dlogits = cross_entropy_backward(probs, targets, dloss)
         dx = linear_backward(dlogits, record.stream(cfg.n_layer), P["lm_head"], G["lm_head"])
         for li in reversed(range(cfg.n_layer)):

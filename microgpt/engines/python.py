@@ -17,7 +17,7 @@ from operator import add, mul
 
 from microgpt.engines.base import Engine as Base
 from microgpt.engines.base import Layer, Record
-from microgpt.layout import split
+from microgpt.layout import segments
 
 # ----------------------------------------------------------------------------------------------------------------
 # The operations, each a forward/backward pair
@@ -179,11 +179,12 @@ class Engine(Base):
         self.p = [float(x) for x in weights]  # (P,) the weights, in the reference order
         self.g = [0.0] * len(self.p)  # (P,) their gradients
         self.m, self.v = [0.0] * len(self.p), [0.0] * len(self.p)  # (P,) Adam's moments
+        self.segments = segments(cfg)  # where each matrix starts in them
         self.params = self.matrices(self.p)
 
     def matrices(self, flat):  # (P,) -> {name: matrix}, rows copied out of the flat list; and attn_qkv of every layer
-        found = {name: [part[r * cols:(r + 1) * cols] for r in range(rows)]
-                 for name, ((rows, cols), part) in split(flat, self.cfg).items()}
+        found = {name: [flat[start + r * cols:start + (r + 1) * cols] for r in range(rows)]
+                 for name, (start, (rows, cols)) in self.segments.items()}
         for li in range(self.cfg.n_layer):  # attn_wq, attn_wk, attn_wv stacked (3C, C): the same row lists
             L = f"layer{li}."
             found[L + "attn_qkv"] = found[L + "attn_wq"] + found[L + "attn_wk"] + found[L + "attn_wv"]
@@ -255,7 +256,6 @@ class Engine(Base):
         G = {name: [[0.0] * cols for _ in range(rows)] for name, (rows, cols) in self.shapes.items()}  # gradients
         loss, inputs, record, probs, targets, dloss = self._loss(batch)
         bounds = list(accumulate(map(len, inputs), initial=0))
-
         dlogits = cross_entropy_backward(probs, targets, dloss)
         dx = linear_backward(dlogits, record.stream(cfg.n_layer), P["lm_head"], G["lm_head"])
         for li in reversed(range(cfg.n_layer)):
