@@ -9,6 +9,7 @@ random state; which tensors a model's checkpoint holds is microgpt/layout.py's t
 temporary file that then replaces the old one, so a crash or a full disk never leaves a half-written
 checkpoint behind. Never pickle.
 """
+import contextlib
 import json
 import os
 import shutil
@@ -53,42 +54,42 @@ def save(path, tensors, metadata):
     header["__metadata__"] = meta
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # pad so the tensors start 8-byte aligned, as the format allows
-    tmp = f"{path}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(struct.pack("<Q", len(encoded)))
-            f.write(encoded)
-            for buffer in buffers:
-                f.write(buffer)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise UserError(f"cannot write the checkpoint {path}: {e.strerror}; free some space or choose "
-                        "another --out (the previous checkpoint, if any, is intact)") from None
+    with replacing(path) as tmp, open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(encoded)))
+        f.write(encoded)
+        for buffer in buffers:
+            f.write(buffer)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def duplicate(path, other):
     """Save the checkpoint at `path` under the name `other` too, atomically: a hard link where the file system has
     them (nothing written twice; a later save replaces `path` with a new file, never touching this one), else a
     copy."""
-    tmp = f"{other}.tmp"
-    try:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with replacing(other) as tmp:
         try:
             os.link(path, tmp)
         except OSError:  # a file system without hard links
             shutil.copyfile(path, tmp)
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
-        os.replace(tmp, other)
+
+
+@contextlib.contextmanager
+def replacing(path):
+    """Write to the temporary file this yields, which then replaces `path` in one rename: a crash or a full disk
+    never leaves a half-written checkpoint, and on an error the previous one stays as it was."""
+    tmp = f"{path}.tmp"
+    try:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        yield tmp
+        os.replace(tmp, path)
     except OSError as e:
         if os.path.exists(tmp):
             os.remove(tmp)
-        raise UserError(f"cannot write the checkpoint {other}: {e.strerror}; free some space or choose another --out "
+        raise UserError(f"cannot write the checkpoint {path}: {e.strerror}; free some space or choose another --out "
                         "(the previous checkpoint, if any, is intact)") from None
 
 
