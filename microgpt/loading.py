@@ -30,16 +30,11 @@ def read(path):
     return tensors, meta
 
 
-def model_config(meta):
-    """The model's GPTConfig, from a checkpoint's metadata."""
-    return atomic.GPTConfig(vocab_size=meta["vocab_size"], **meta["settings"]["model"])
-
-
 def open_model(source, engine_name=None, which="best"):
     """(engine, tokenizer, metadata, path) of the model saved at `source`."""
     path = checkpoint_path(source, which)
     tensors, meta = read(path)
-    cfg = model_config(meta)
+    cfg = atomic.GPTConfig(vocab_size=meta["vocab_size"], **meta["settings"]["model"])
     weights, _, _ = state_from_checkpoint(tensors, cfg, path)
     name = engine_name or engines.fastest()
     # the run's dtype where this engine has it (float32 on numpy), else float64, which every engine has

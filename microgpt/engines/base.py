@@ -33,9 +33,8 @@ from array import array
 from typing import NamedTuple
 
 from microgpt import health
-from microgpt.atomic import param_shapes
 from microgpt.errors import UserError
-from microgpt.layout import split
+from microgpt.layout import segments, split
 
 
 class Layer(NamedTuple):
@@ -87,7 +86,7 @@ class Engine:
 
     def __init__(self, cfg, dtype="float64"):
         self.cfg, self.dtype_name = cfg, dtype
-        self.shapes = param_shapes(cfg)
+        self.segments = segments(cfg)  # where each weight matrix starts in the flat arrays, and its shape
         # Subclasses hold p (the weights), g (their gradients), m and v (Adam's moments): flat (P,) in their storage
 
     # -- training, evaluation, sampling: every engine's own --------------------------------------------------------
@@ -159,8 +158,8 @@ class Engine:
         grad_norms, before = snapshot
         weight_norms, update_norms = self._norms(before), self._norms(self._minus(self.p, before))
         tensors = {name: {"grad_norm": g, "update_ratio": u / (w or 1.0), "weight_rms": w / math.sqrt(rows * cols)}
-                   for (name, (rows, cols)), g, u, w in zip(self.shapes.items(), grad_norms, update_norms,
-                                                            weight_norms)}
+                   for (name, (_, (rows, cols))), g, u, w in zip(self.segments.items(), grad_norms, update_norms,
+                                                                 weight_norms)}
         return {"grad_norm": math.sqrt(sum(g * g for g in grad_norms)), "tensors": tensors,
                 **self._layer_health(tokens)}
 

@@ -17,7 +17,6 @@ from operator import add, mul
 
 from microgpt.engines.base import Engine as Base
 from microgpt.engines.base import Layer, Record
-from microgpt.layout import segments
 
 # ----------------------------------------------------------------------------------------------------------------
 # The operations, each a forward/backward pair
@@ -179,7 +178,6 @@ class Engine(Base):
         self.p = [float(x) for x in weights]  # (P,) the weights, in the reference order
         self.g = [0.0] * len(self.p)  # (P,) their gradients
         self.m, self.v = [0.0] * len(self.p), [0.0] * len(self.p)  # (P,) Adam's moments
-        self.segments = segments(cfg)  # where each matrix starts in them
         self.params = self.matrices(self.p)
 
     def matrices(self, flat):  # (P,) -> {name: matrix}, rows copied out of the flat list; and attn_qkv of every layer
@@ -253,7 +251,7 @@ class Engine(Base):
     def loss_and_grads(self, batch):
         """The mean loss of a batch, and its gradient with respect to every weight into self.g."""
         cfg, P, C = self.cfg, self.params, self.cfg.n_embd
-        G = {name: [[0.0] * cols for _ in range(rows)] for name, (rows, cols) in self.shapes.items()}  # gradients
+        G = {name: [[0.0] * cols for _ in range(rows)] for name, (_, (rows, cols)) in self.segments.items()}
         loss, inputs, record, probs, targets, dloss = self._loss(batch)
         bounds = list(accumulate(map(len, inputs), initial=0))
         dlogits = cross_entropy_backward(probs, targets, dloss)
