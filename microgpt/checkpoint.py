@@ -11,6 +11,7 @@ checkpoint behind. Never pickle.
 """
 import contextlib
 import json
+import math
 import os
 import shutil
 import struct
@@ -18,10 +19,13 @@ import sys
 from array import array
 
 from microgpt.errors import UserError
+from microgpt.files import read_bytes
 
 FORMAT = "microgpt"
-VERSION = 1  # the checkpoint format; a reader refuses a newer one
+VERSION = 2  # the checkpoint format; a reader refuses a newer one (2: evaluation_due)
 DTYPES = {"F64": "d", "F32": "f"}  # safetensors dtype -> array typecode (and memoryview format)
+ITEMSIZE = {"F64": 8, "F32": 4}  # bytes per value
+MAX_HEADER = 100_000_000  # bytes; the safetensors library refuses a longer header too
 
 
 def as_buffer(values):
@@ -94,47 +98,111 @@ def replacing(path):
 
 
 def load(path):
-    """Read a checkpoint: ({name: (shape, array of floats)}, {key: value}). Refuses, with a one-line
-    error, anything that is not a complete microgpt checkpoint of a version this code can read."""
+    """Read a checkpoint: ({name: (shape, array of floats)}, {key: value}). Everything is checked before any of it is
+    used (checked_header): anything but a complete safetensors file of microgpt's, of a version this code reads, is
+    refused with a one-line error."""
     if os.path.isdir(path):
         path = os.path.join(path, "checkpoint.safetensors")
     if not os.path.exists(path):
         raise UserError(f"no checkpoint at {path}; give a run directory (--out of train) or a .safetensors file")
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror}; check the path and its permissions") from None
-    problem = f"{path} is not a microgpt checkpoint"
-    if len(data) < 9 or data[8:9] != b"{":  # every safetensors header is a JSON object
-        raise UserError(f"{problem} (no safetensors header); give the file that train wrote")
-    (header_len,) = struct.unpack("<Q", data[:8])
-    if 8 + header_len > len(data):
-        raise UserError(f"{path} is truncated (header cut short); use an intact checkpoint, e.g. best.safetensors")
-    try:
-        header = json.loads(data[8:8 + header_len])
-        meta = header.pop("__metadata__")
-        if meta.get("format") != FORMAT:
-            raise ValueError
-    except (ValueError, KeyError, AttributeError, TypeError):
-        raise UserError(f"{problem} (no microgpt header); give the file that train wrote") from None
-    if not str(meta.get("version", "")).isdigit():
-        raise UserError(f"{problem} (no format version); give the file that train wrote")
-    if int(meta["version"]) > VERSION:
-        raise UserError(f"{path} has checkpoint format version {meta['version']}, newer than this microgpt "
-                        f"reads ({VERSION}); upgrade microgpt")
-    body = memoryview(data)[8 + header_len:]
+    data = read_bytes(path, path, "give a run directory (--out of train) or a .safetensors file")
+    header, meta, body = checked_header(data, path)
     tensors = {}
     for name, info in header.items():
         start, end = info["data_offsets"]
-        if info["dtype"] not in DTYPES:
-            raise UserError(f"{path} holds {name} as {info['dtype']}; microgpt reads F64 and F32 checkpoints")
-        if end > len(body):
-            raise UserError(f"{path} is truncated (tensor {name} cut short); use an intact checkpoint")
         values = array(DTYPES[info["dtype"]])
         values.frombytes(body[start:end])
         if sys.byteorder == "big":
             values.byteswap()
         tensors[name] = (tuple(info["shape"]), values)
-    metadata = {key: json.loads(value) for key, value in meta.items() if key not in ("format", "version")}
-    return tensors, metadata
+    return tensors, meta
+
+
+def checked_header(data, path):
+    """(tensor entries, metadata with its JSON values read, the tensors' bytes) of a file's bytes, once the file is
+    known to be what save() writes: the 8-byte length, a JSON header of that length, microgpt's metadata, and
+    tensors of a dtype we read that tile the rest of the file exactly, each holding prod(shape) values."""
+    header_len = struct.unpack("<Q", data[:8])[0] if len(data) >= 8 else 0
+    if not 2 <= header_len <= MAX_HEADER or data[8:9] != b"{":  # (text read as a length is a number near 2**60)
+        raise UserError(f"{path} is not a safetensors file (no header), so not a microgpt checkpoint; "
+                        "give the file that train wrote")
+    if 8 + header_len > len(data):
+        raise UserError(f"{path} is truncated (its header is cut short); use an intact checkpoint, e.g. "
+                        "best.safetensors")
+    try:
+        header = json.loads(data[8:8 + header_len])
+    except ValueError:  # (UnicodeDecodeError included)
+        header = None
+    if not isinstance(header, dict):
+        raise UserError(f"{path} is not a safetensors file (its header is not a JSON object), so not a microgpt "
+                        "checkpoint; give the file that train wrote")
+    meta = read_metadata(header.pop("__metadata__", None), path)
+    body = memoryview(data)[8 + header_len:]
+    end = 0
+    for name, info in sorted(header.items(), key=lambda item: offsets_of(item, path)):
+        end = check_entry(name, info, end, path)
+    if end != len(body):
+        what = "its last tensor is cut short" if end > len(body) else f"{len(body) - end} bytes follow its last tensor"
+        raise UserError(f"{path} is {'truncated' if end > len(body) else 'damaged'} ({what}); use an intact "
+                        "checkpoint, e.g. best.safetensors")
+    return header, meta, body
+
+
+def damaged(path, what):
+    return UserError(f"{path} is damaged: {what}; use an intact checkpoint, e.g. best.safetensors")
+
+
+def offsets_of(item, path):
+    """A tensor entry's (start, end), once they are two whole numbers in order."""
+    name, info = item
+    offsets = info.get("data_offsets") if isinstance(info, dict) else None
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(whole(x) for x in offsets)
+            and 0 <= offsets[0] <= offsets[1]):
+        raise damaged(path, f"tensor {name} has no valid data_offsets ({offsets!r})")
+    return tuple(offsets)
+
+
+def check_entry(name, info, start, path):
+    """Where the tensor after this one must start, once this one's entry is sound and starts at `start`."""
+    if set(info) != {"dtype", "shape", "data_offsets"}:
+        raise damaged(path, f"tensor {name} has the fields {sorted(info)}, not dtype, shape and data_offsets")
+    dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
+    if dtype not in DTYPES:
+        raise UserError(f"{path} holds {name} as {dtype!r}; microgpt reads F64 and F32 checkpoints")
+    if not (isinstance(shape, list) and all(whole(n) and n >= 0 for n in shape)):
+        raise damaged(path, f"tensor {name} has the shape {shape!r}")
+    if begin != start:
+        raise damaged(path, f"tensor {name} starts at byte {begin}, where the one before it ends at {start}")
+    size = math.prod(shape) * ITEMSIZE[dtype]
+    if end - begin != size:
+        raise damaged(path, f"tensor {name} is {end - begin} bytes, but {len(shape)} dimensions {shape} of "
+                            f"{dtype} are {size}")
+    return end
+
+
+def read_metadata(meta, path):
+    """The "__metadata__" of a microgpt checkpoint (strings only, as the format wants), each value read back from
+    its JSON; the format's name checked and dropped, its version checked and kept (a number)."""
+    if not (isinstance(meta, dict) and meta.get("format") == FORMAT
+            and all(isinstance(value, str) for value in meta.values())):
+        raise UserError(f"{path} is a safetensors file, but not a microgpt checkpoint (no microgpt header); give "
+                        "the file that train wrote")
+    version = meta.get("version", "")
+    if not (version.isascii() and version.isdigit() and int(version) >= 1):
+        raise damaged(path, f"its format version is {version!r}")
+    if int(version) > VERSION:
+        raise UserError(f"{path} has checkpoint format version {version}, newer than this microgpt reads "
+                        f"({VERSION}); upgrade microgpt")
+    values = {"version": int(version)}
+    for key, value in meta.items():
+        if key not in ("format", "version"):
+            try:
+                values[key] = json.loads(value)
+            except ValueError:
+                raise damaged(path, f"its metadata field {key} is not JSON") from None
+    return values
+
+
+def whole(x):
+    """An int that is not a bool (JSON's true would pass isinstance(x, int))."""
+    return isinstance(x, int) and not isinstance(x, bool)

@@ -14,6 +14,7 @@ from microgpt import __version__
 from microgpt.arguments import add_engine, add_prompt, add_source, number_in, positive_number, whole_number
 from microgpt.errors import UserError
 from microgpt.settings import add_train_options
+from microgpt.signals import Stopped, stopping_at_once
 
 
 class Parser(argparse.ArgumentParser):
@@ -137,13 +138,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
     module, function = args.target.split(":")
     try:
-        code = getattr(importlib.import_module(module), function)(args)
+        with stopping_at_once():
+            code = getattr(importlib.import_module(module), function)(args)
     except UserError as e:
         sys.stderr.write(f"{parser.prog}: error: {e}\n")
         return e.exit_code
-    except KeyboardInterrupt:
-        sys.stderr.write(f"{parser.prog}: interrupted\n")
-        return 130
+    except Stopped as stop:
+        sys.stderr.write(f"{parser.prog}: stopped by {stop.name}\n")
+        return stop.exit_code
     except BrokenPipeError:  # the reader went away (`... | head`): stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141

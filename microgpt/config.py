@@ -26,6 +26,7 @@ class TrainConfig:
     init_std: float = 0.08  # the reference draws every weight from N(0, 0.08); wider models want less
 
 
+ENGINE_OPTIONS = {"device": None, "attention": None, "compile": False}  # None, False: the default
 MODEL_FIELDS = ("n_layer", "n_embd", "n_head", "block_size")
 REFERENCE_MODEL = {name: getattr(GPTConfig(), name) for name in MODEL_FIELDS}  # the atomic file's defaults
 TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig))
@@ -44,7 +45,7 @@ class RunSettings:
     vocab_size: int = 512  # for bpe: 256 bytes + merges + BOS
     presplit: bool = True  # for bpe: no merge across words (microgpt/bpe.py)
     engine: str = None  # None: the fastest installed
-    engine_options: dict = field(default_factory=dict)  # the torch engine's device, attention, compile
+    engine_options: dict = field(default_factory=lambda: dict(ENGINE_OPTIONS))  # the torch engine's
     eval_every: int = 100
     eval_windows: int = 256  # held-out windows of a stream at intermediate evaluations (all at the end)
     log_every: int = 100

@@ -16,6 +16,7 @@ import random
 
 from microgpt.atomic import NAMES_FILE
 from microgpt.errors import UserError
+from microgpt.files import read_bytes
 from microgpt.tokenizer import train_tokenizer
 
 DATA_DIR = os.path.dirname(NAMES_FILE)
@@ -25,27 +26,26 @@ BUNDLED = {  # name -> (file, format)
 }
 FORMATS = ("lines", "stream")
 MAX_HELD_OUT_DOCS = 1000
+BOM = "\ufeff"  # the byte-order mark, EF BB BF in UTF-8
 
 
 def read_text(data):
-    """(path, text) of a bundled data set by name or of a UTF-8 file; one-line errors otherwise."""
+    """(path, text, notes) of a bundled data set by name or of a UTF-8 file, `notes` saying what was dropped from
+    it (a byte-order mark, which is no character of the text); one-line errors for anything else."""
     path = BUNDLED[data][0] if data in BUNDLED else data
-    if os.path.isdir(path):
-        raise UserError(f"--data {data} is a directory; give a text file")
-    if not os.path.exists(path):
-        raise UserError(f"--data {data}: no such file; give a text file or one of: {', '.join(BUNDLED)}")
+    raw = read_bytes(path, f"--data {data}", f"give a text file or one of: {', '.join(BUNDLED)}")
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        text = raw.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")  # newlines as text mode reads them
     except UnicodeDecodeError as e:
         raise UserError(f"--data {data} is not UTF-8 text (bad byte at offset {e.start}); "
                         "convert it to UTF-8 first") from None
-    except OSError as e:
-        raise UserError(f"cannot read --data {data}: {e.strerror}; check the path and its permissions") \
-            from None
+    notes = []
+    if text.startswith(BOM):  # Windows editors start UTF-8 files with one; as a character it would become a token
+        text = text[len(BOM):]
+        notes.append("a byte-order mark at its start was dropped")
     if not text.strip():
         raise UserError(f"--data {data} has no text (it is empty or blank); give a file with some text")
-    return path, text
+    return path, text, notes
 
 
 def checksum(text):
@@ -84,7 +84,7 @@ class Dataset:
         run's random.Random, which the lines format shuffles with (its first draw, as in the reference);
         `tokenizer`: ("char",) or ("bpe", vocab_size, presplit), trained here on the data."""
         self.name = data
-        self.path, text = read_text(data)
+        self.path, text, self.notes = read_text(data)
         self.sha256 = checksum(text)
         if fmt is None and data in BUNDLED:
             fmt, self.format_reason = BUNDLED[data][1], "the bundled set's format"
@@ -116,10 +116,21 @@ class Dataset:
             size = f"{len(self.train):,} documents to train on, {len(self.held_out):,} held out"
         else:
             size = f"{len(self.train):,} tokens to train on, {len(self.held_out):,} held out"
-        return f"{self.name}: {self.format} ({self.format_reason}); {size}; vocab size {self.tokenizer.vocab_size}"
+        notes = "".join(f"; {note}" for note in self.notes)
+        return (f"{self.name}: {self.format} ({self.format_reason}); {size}; vocab size {self.tokenizer.vocab_size}"
+                + notes)
 
     def check(self, block_size):
-        """Refuse a stream too short for one window of block_size + 1 tokens in either part."""
+        """Refuse a stream too short for one window of block_size + 1 tokens in either part; note the documents
+        longer than that, which are cut to it (they are trained on, and evaluated on, only as far as it)."""
+        if self.format == "lines":
+            lengths = [len(doc) for doc in self.train + self.held_out if len(doc) > block_size + 1]
+            if lengths:
+                many = len(lengths) > 1
+                self.notes.append(f"{len(lengths):,} document{'s' if many else ''} longer than the block "
+                                  f"({'the longest ' if many else ''}{max(lengths):,} tokens, BOS included) "
+                                  f"{'are' if many else 'is'} cut to {'their' if many else 'its'} first "
+                                  f"{block_size + 1} tokens (block_size + 1)")
         if self.format == "stream" and min(len(self.train), len(self.held_out)) < block_size + 1:
             need, have = 10 * (block_size + 1), len(self.train) + len(self.held_out)
             raise UserError(f"--data {self.name} is too short for one window of {block_size + 1} tokens in its "

@@ -9,7 +9,6 @@ moments prefixed "adam.m." and "adam.v.". This file is the one place that knows 
 from array import array
 
 from microgpt.atomic import param_shapes
-from microgpt.errors import UserError
 
 KINDS = ("", "adam.m.", "adam.v.")  # checkpoint name prefixes of the weights, Adam's first and second moments
 
@@ -48,15 +47,9 @@ def checkpoint_tensors(cfg, weights, m, v):
             for name, tensor in split(flat, cfg).items()}
 
 
-def state_from_checkpoint(tensors, cfg, path):
-    """(weights, m, v), three flat arrays (P,), from a checkpoint's tensors; a one-line error if the checkpoint
-    does not hold exactly the tensors that its settings describe."""
-    expected = {prefix + name: shape for prefix in KINDS for name, (_, shape) in segments(cfg).items()}
-    for key, shape in expected.items():
-        if key not in tensors or tuple(tensors[key][0]) != shape:
-            found = tensors[key][0] if key in tensors else "nothing"
-            raise UserError(f"{path} is for another model: its settings want {key} of shape {shape}, it holds "
-                            f"{found}; use the checkpoint that train wrote for this run")
+def state_from_checkpoint(tensors, cfg):
+    """(weights, m, v), three flat arrays (P,), from the tensors of a checkpoint that holds this model's (checked by
+    microgpt/metadata.py when it was read)."""
     flats = []
     for prefix in KINDS:
         parts = [tensors[prefix + name][1] for name in segments(cfg)]

@@ -2,9 +2,9 @@
 tokenizer and settings. Used by every command that looks at a trained model."""
 import os
 
-from microgpt import atomic, checkpoint, engines
-from microgpt.errors import UserError
+from microgpt import checkpoint, engines
 from microgpt.layout import state_from_checkpoint
+from microgpt.metadata import validate
 from microgpt.tokenizer import from_metadata
 
 
@@ -17,25 +17,18 @@ def checkpoint_path(source, which="best"):
     return best if which == "best" and os.path.exists(best) else os.path.join(source, "checkpoint.safetensors")
 
 
-REQUIRED = ("settings", "vocab_size", "tokenizer", "data_format", "data_sha256", "step", "best_held_out", "smoothed",
-            "rng", "eval_every", "engine", "engine_options")
-
-
 def read(path):
-    """(tensors, metadata) of a checkpoint that train wrote; one-line errors for anything else."""
+    """(tensors, metadata, the model's GPTConfig) of a checkpoint that train wrote, every byte and field of it checked
+    (microgpt/checkpoint.py, microgpt/metadata.py); one-line errors for anything else."""
     tensors, meta = checkpoint.load(path)
-    missing = [key for key in REQUIRED if key not in meta]
-    if missing:
-        raise UserError(f"{path} lacks {', '.join(missing)}: it was not written by microgpt train; use one that was")
-    return tensors, meta
+    return tensors, meta, validate(tensors, meta, path)
 
 
 def open_model(source, engine_name=None, which="best"):
     """(engine, tokenizer, metadata, path) of the model saved at `source`."""
     path = checkpoint_path(source, which)
-    tensors, meta = read(path)
-    cfg = atomic.GPTConfig(vocab_size=meta["vocab_size"], **meta["settings"]["model"])
-    weights, _, _ = state_from_checkpoint(tensors, cfg, path)
+    tensors, meta, cfg = read(path)
+    weights, _, _ = state_from_checkpoint(tensors, cfg)
     name = engine_name or engines.fastest()
     # the run's dtype where this engine has it (float32 on numpy), else float64, which every engine has
     dtype = meta["settings"]["dtype"] if meta["settings"]["dtype"] in engines.dtypes(name) else "float64"

@@ -147,7 +147,7 @@ def resume_settings(args):
     run is an error."""
     if args.out:
         raise UserError(f"--resume {args.resume} continues in its own directory; drop --out {args.out}")
-    tensors, meta = read(os.path.join(args.resume, "checkpoint.safetensors"))
+    tensors, meta, _ = read(os.path.join(args.resume, "checkpoint.safetensors"))
     saved = meta["settings"]
     if checksum(read_text(saved["data"])[1]) != meta["data_sha256"]:
         raise UserError(f"--data {saved['data']} has changed since this run started (its checksum differs); "

@@ -12,7 +12,6 @@ import json
 import math
 import os
 import random
-import signal
 import sys
 import time
 
@@ -21,13 +20,13 @@ from microgpt.datasets import Dataset
 from microgpt.errors import UserError
 from microgpt.initialisation import reference_weights
 from microgpt.layout import checkpoint_tensors, param_count, state_from_checkpoint
+from microgpt.metadata import to_state
 from microgpt.progress import Progress
 from microgpt.sampling import generate, stream_start
 from microgpt.schedule import learning_rate
 from microgpt.settings import choose_out_dir, resume_settings, settings_from_args
+from microgpt.signals import Requests, Stopped, handling
 
-EVAL_BATCH = 64  # held-out sequences per forward pass
-SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 
 
 class Trainer:
@@ -40,8 +39,7 @@ class Trainer:
         self.data = Dataset(settings.data, settings.format, self.rng, settings.tokenizer_spec())
         self.data.check(settings.model["block_size"])
         self.cfg = atomic.GPTConfig(vocab_size=self.data.tokenizer.vocab_size, **settings.model)
-        path = os.path.join(out_dir, "checkpoint.safetensors")
-        state = state_from_checkpoint(resume_from[0], self.cfg, path) if resume_from else None
+        state = state_from_checkpoint(resume_from[0], self.cfg) if resume_from else None
         weights = state[0] if state else reference_weights(self.cfg, self.rng, tc.init_std)
         self.engine = engines.create(settings.engine or engines.fastest(), self.cfg, weights, settings.dtype,
                                      **settings.engine_options)
@@ -59,12 +57,15 @@ class Trainer:
         except OSError as e:
             raise UserError(f"cannot write the run directory {out_dir}: {e.strerror}; choose another --out") from None
         self.step, self.best, self.smoothed = 0, math.inf, None
+        self.evaluation_due = False  # a signal cut this step's evaluation short: run() does it first
         if resume_from:
             meta = resume_from[1]
             self.engine.load_state(*state)
             self.step, self.best, self.smoothed = meta["step"], meta["best_held_out"], meta["smoothed"]
+            self.evaluation_due = meta["evaluation_due"]
             self.rng.setstate(to_state(meta["rng"]))
-        self.interrupted = None  # the signal that asked to stop, and when: (name, time)
+        # Ctrl-C, and SIGTERM (a scheduler's or torchrun's way to stop a run), finish the step and save
+        self.requests = Requests(self.stream, "finishing this step, then saving")
         self.monitor = health.Monitor()
         self.stop_requested = False  # decided between steps (by every rank together, under torchrun)
         self.last_saved_step = self.step if resume_from else None
@@ -80,7 +81,8 @@ class Trainer:
                     "tokenizer": self.data.tokenizer.to_metadata(), "data_sha256": self.data.sha256,
                     "data_format": self.data.format, "step": self.step, "best_held_out": self.best,
                     "smoothed": self.smoothed, "rng": self.rng.getstate(), "engine": self.engine.name,
-                    "eval_every": self.settings.eval_every, "engine_options": self.settings.engine_options}
+                    "eval_every": self.settings.eval_every, "engine_options": self.settings.engine_options,
+                    "evaluation_due": self.evaluation_due}
         checkpoint.save(path, checkpoint_tensors(self.cfg, self.engine.weights(), *self.engine.moments()), metadata)
         self.last_saved_step = self.step
         return path
@@ -93,11 +95,14 @@ class Trainer:
     # -- evaluation ----------------------------------------------------------------------------------------------
 
     def held_out_loss(self, final=False):
-        """Total negative log-likelihood over held-out tokens / their number (all of them at the end)."""
+        """Total negative log-likelihood over held-out tokens / their number (all of them at the end); None if a
+        signal cut it short."""
         bs = self.cfg.block_size
-        batches = self.data.held_out_batches(bs, EVAL_BATCH, None if final else self.settings.eval_windows)
+        batches = self.data.held_out_batches(bs, self.engine.eval_batch, None if final else self.settings.eval_windows)
         total = count = 0
         for batch in batches:
+            if self.engine.should_stop(self.requests.received is not None):
+                return None
             n = engines.predicted_tokens(batch, bs)
             total += self.engine.loss(batch) * n
             count += n
@@ -106,6 +111,9 @@ class Trainer:
     def evaluate(self, final=False):
         """The held-out loss, a checkpoint, and best.safetensors (the same file) when the loss is the lowest yet."""
         held_out = self.held_out_loss(final)
+        self.evaluation_due = held_out is None
+        if self.evaluation_due:  # cut short by a signal: run() saves the state, and a resume evaluates first
+            return
         improved = held_out < self.best
         self.best = min(self.best, held_out)
         path, note = self.save(), ""
@@ -123,35 +131,23 @@ class Trainer:
         """Train to the last step (or until Ctrl-C or SIGTERM), evaluating and saving on the way."""
         tc, w = self.settings.train, self.stream
         progress = Progress(tc.steps, w, self.settings.log_every, first=self.step + 1, mfu=self.engine.mfu)
-        # Ctrl-C, and SIGTERM (a scheduler's or torchrun's way to stop a run), finish the step and save
-        previous = {sig: signal.signal(sig, self._interrupt) for sig in SIGNALS}
-        try:
-            while self.step < tc.steps and not self._stopping():
+        with handling(self.requests.note):
+            if self.evaluation_due:
+                self.evaluate(final=self.step == tc.steps)
+            while not self._stopping() and self.step < tc.steps:
                 self.train_step(progress)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
         if self.stop_requested:  # (a finished run saved at its final evaluation)
             path = self.save()
             world = self.engine.world
             launcher = f"torchrun --nproc_per_node={world}" if world > 1 else "python"
-            w.write(f"interrupted after step {self.step}; saved {path}\n"
+            cut = " (its evaluation was cut short: the resumed run does it first)" if self.evaluation_due else ""
+            w.write(f"interrupted after step {self.step}{cut}; saved {path}\n"
                     f"resume with: {launcher} -m microgpt train --resume {self.out_dir}\n")
 
     def _stopping(self):
         """Whether to stop before the next step; under torchrun every rank must agree on the same step."""
-        self.stop_requested = self.engine.should_stop(self.interrupted is not None)
+        self.stop_requested = self.engine.should_stop(self.requests.received is not None)
         return self.stop_requested
-
-    def _interrupt(self, signum, frame):
-        # A second signal, sent by a person, stops at once without saving. Copies of the first that arrive together
-        # (under torchrun, a terminal's Ctrl-C and torchrun's own) must not count as a second.
-        if self.interrupted:
-            if signum == signal.SIGINT and time.monotonic() - self.interrupted[1] > 1.0:
-                raise KeyboardInterrupt
-            return
-        self.interrupted = (SIGNALS[signum], time.monotonic())
-        self.stream.write(f"\n{SIGNALS[signum]}: finishing this step, then saving (Ctrl-C again to quit at once)\n")
 
     def train_step(self, progress):
         """One step: a batch, its loss and gradients, clipping, Adam; the log and health on logged steps, an
@@ -217,11 +213,6 @@ class TrainingDiverged(UserError):
                          "lower --lr, add --warmup or set --grad-clip 1")
 
 
-def to_state(value):
-    """random.getstate() after a trip through JSON (lists back to tuples)."""
-    return tuple(to_state(v) for v in value) if isinstance(value, list) else value
-
-
 def train_command(args):
     """`train`: a run from the options (or continued with --resume), its header, the run, the samples."""
     if args.resume:
@@ -246,5 +237,10 @@ def train_command(args):
     w.write(f"best held-out loss {trainer.best:.4f}; checkpoints in {out_dir}\n")
     if args.num_samples:
         w.write(f"samples (temperature {args.temperature}):\n")
-        for i, text in enumerate(trainer.samples(args.num_samples, args.temperature)):
-            w.write(f"{i + 1:3d}  {text}\n" if trainer.data.format == "lines" else f"--- {i + 1}\n{text}\n")
+        try:
+            for i, text in enumerate(trainer.samples(args.num_samples, args.temperature)):
+                w.write(f"{i + 1:3d}  {text}\n" if trainer.data.format == "lines" else f"--- {i + 1}\n{text}\n")
+        except Stopped as stop:
+            w.write(f"\n{stop.name}: samples cut short; the run is complete, saved in {out_dir}\n")
+            return stop.exit_code
+    return 0

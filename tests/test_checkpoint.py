@@ -2,6 +2,8 @@
 atomic writes, and one clear line for every file that is not a checkpoint we can use."""
 import errno
 import json
+import os
+import re
 import struct
 from array import array
 
@@ -18,7 +20,7 @@ def test_round_trip_is_exact(tmp_path):
     checkpoint.save(path, TENSORS, {"step": 7, "settings": {"a": [1, 2]}})
     tensors, meta = checkpoint.load(path)
     assert {k: (shape, list(v)) for k, (shape, v) in tensors.items()} == TENSORS
-    assert meta == {"step": 7, "settings": {"a": [1, 2]}}
+    assert meta == {"version": checkpoint.VERSION, "step": 7, "settings": {"a": [1, 2]}}
 
 
 def test_the_safetensors_package_opens_it(tmp_path):
@@ -77,8 +79,8 @@ def test_a_duplicate_is_not_touched_by_later_saves(tmp_path):
     checkpoint.save(path, TENSORS, {"step": 1})
     checkpoint.duplicate(path, best)  # a hard link here: nothing written twice
     checkpoint.save(path, {"wte": ((2, 3), [9.0] * 6)}, {"step": 2})  # a new file replaces the old name
-    assert checkpoint.load(best)[1] == {"step": 1} and list(checkpoint.load(best)[0]["wte"][1]) == TENSORS["wte"][1]
-    assert checkpoint.load(path)[1] == {"step": 2} and sorted(p.name for p in tmp_path.iterdir()) == [
+    assert checkpoint.load(best)[1]["step"] == 1 and list(checkpoint.load(best)[0]["wte"][1]) == TENSORS["wte"][1]
+    assert checkpoint.load(path)[1]["step"] == 2 and sorted(p.name for p in tmp_path.iterdir()) == [
         "best.safetensors", "checkpoint.safetensors"]
 
 
@@ -88,14 +90,55 @@ def good_file(tmp_path):
     return path
 
 
-BROKEN = {
+def rewritten(change):
+    """A damage that rewrites the file's JSON header with `change(header)` and keeps its tensors' bytes."""
+    def damage(path):
+        raw = path.read_bytes()
+        (n,) = struct.unpack("<Q", raw[:8])
+        header = json.loads(raw[8:8 + n])
+        change(header)
+        encoded = json.dumps(header).encode()
+        path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + raw[8 + n:])
+    return damage
+
+
+def set_entry(name, **fields):
+    return rewritten(lambda header: header[name].update(fields))
+
+
+BROKEN = {  # the damage, and what the one line says (TENSORS: wte at bytes 0-48, adam.m.wte at 48-96, both F64)
     "missing": (lambda p: p.unlink(), "no checkpoint at"),
-    "empty": (lambda p: p.write_bytes(b""), "not a microgpt checkpoint"),
-    "text": (lambda p: p.write_text("hello, this is not a checkpoint at all"), "not a microgpt"),
+    "empty": (lambda p: p.write_bytes(b""), "not a safetensors file"),
+    "text": (lambda p: p.write_text("hello, this is not a checkpoint at all"), "not a safetensors file"),
+    "JSON whose ninth byte is {": (lambda p: p.write_text('{"a": 1, {"b": 2}}' * 3), "not a safetensors file"),
+    "header not UTF-8": (lambda p: p.write_bytes(p.read_bytes().replace(b'"wte"', b'"\xffte"', 1)),
+                         "not a safetensors file"),
+    "header a JSON list": (lambda p: p.write_bytes(struct.pack("<Q", 5) + b"[1,2]"), "not a safetensors file"),
     "truncated": (lambda p: p.write_bytes(p.read_bytes()[:-10]), "truncated"),
     "header cut": (lambda p: p.write_bytes(p.read_bytes()[:20]), "truncated"),
     "foreign safetensors": (lambda p: p.write_bytes(struct.pack("<Q", 2) + b"{}"), "not a microgpt checkpoint"),
+    "bytes after the last tensor": (lambda p: p.write_bytes(p.read_bytes() + b"\0" * 8), "8 bytes follow"),
+    "offsets not a whole number of values": (set_entry("wte", data_offsets=[0, 47]), "wte is 47 bytes"),
+    "offsets cover fewer bytes than the shape": (set_entry("wte", shape=[3, 3]), "wte is 48 bytes, but"),
+    "offsets backwards": (set_entry("wte", data_offsets=[48, 0]), "no valid data_offsets"),
+    "a gap between tensors": (set_entry("adam.m.wte", data_offsets=[56, 104]), "starts at byte 56"),
+    "tensors overlapping": (set_entry("adam.m.wte", data_offsets=[40, 88]), "starts at byte 40"),
+    "offsets not numbers": (set_entry("wte", data_offsets=["0", "48"]), "no valid data_offsets"),
+    "F32 label over F64 bytes": (set_entry("wte", dtype="F32"), "but 2 dimensions [2, 3] of F32 are 24"),
+    "a dtype we do not read": (set_entry("wte", dtype="F16"), "holds wte as 'F16'"),
+    "a negative dimension": (set_entry("wte", shape=[-2, -3]), "has the shape [-2, -3]"),
+    "an extra field": (set_entry("wte", extra=1), "has the fields"),
+    "metadata not strings": (rewritten(lambda h: h["__metadata__"].update(step=1)), "not a microgpt checkpoint"),
+    "metadata not JSON": (rewritten(lambda h: h["__metadata__"].update(step="{")), "metadata field step is not"),
+    "version zero": (rewritten(lambda h: h["__metadata__"].update(version="0")), "format version is '0'"),
 }
+
+
+def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path):
+    fifo = tmp_path / "c.safetensors"
+    os.mkfifo(fifo)
+    with pytest.raises(UserError, match="is a FIFO"):
+        checkpoint.load(fifo)  # (opening it would wait for a writer forever)
 
 
 @pytest.mark.parametrize("case", BROKEN)
@@ -103,7 +146,7 @@ def test_broken_files_are_refused_in_one_line(tmp_path, case):
     damage, message = BROKEN[case]
     path = good_file(tmp_path)
     damage(path)
-    with pytest.raises(UserError, match=message) as error:
+    with pytest.raises(UserError, match=re.escape(message)) as error:
         checkpoint.load(path)
     assert "\n" not in str(error.value)
 

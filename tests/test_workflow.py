@@ -44,7 +44,7 @@ def run_steps(settings, out_dir, stop_after=None, resume=None):
     def step_then_maybe_stop(progress):
         step(progress)
         if trainer.step == stop_after:
-            trainer._interrupt(signal.SIGINT, None)  # what the signal handler does
+            trainer.requests.note(signal.SIGINT, None)  # what the signal handler does
     trainer.train_step = step_then_maybe_stop
     trainer.run()
     return trainer

@@ -82,6 +82,7 @@ class Record(NamedTuple):
 class Engine:
     name = "base"
     dtypes = ("float64",)  # what it can compute in, float64 first
+    eval_batch = 64  # held-out sequences per loss() in an evaluation, which a signal can cut short between them
     rank, world = 0, 1  # this process among the processes of a torchrun launch
 
     def __init__(self, cfg, dtype="float64"):

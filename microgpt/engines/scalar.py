@@ -12,6 +12,7 @@ from microgpt.layout import split
 class Engine(Base):
     name = "scalar"
     dtypes = ("float64",)
+    eval_batch = 1  # a document's graph takes ~0.2 s: a signal waits at most that long in an evaluation
 
     def __init__(self, cfg, weights, dtype="float64"):
         super().__init__(cfg, dtype)
