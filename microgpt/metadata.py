@@ -48,9 +48,11 @@ def list_of(leaf, length=None):
 
 def takes_state(rng):
     """Whether random.setstate takes this state, after its trip through JSON (lists for tuples)."""
+    if not isinstance(rng, list):
+        return False
     try:
         random.Random().setstate(to_state(rng))
-    except (TypeError, ValueError, OverflowError):
+    except (TypeError, ValueError, OverflowError, IndexError):
         return False
     return True
 
@@ -78,7 +80,7 @@ SCHEMA = {
                  "dtype": one_of("float64", "float32", "bfloat16"), "tokenizer": one_of(*TOKENIZERS),
                  "vocab_size": whole(1), "presplit": FLAG},
     "vocab_size": whole(2),
-    "tokenizer": (lambda x: isinstance(x, dict) and x.get("type") in TOKENIZERS,
+    "tokenizer": (lambda x: isinstance(x, dict) and one_of(*TOKENIZERS)[0](x.get("type")),
                   f"a tokenizer ({' or '.join(TOKENIZERS)})"),  # and the fields of its type (validate)
     "data_sha256": SHA256, "data_format": one_of("lines", "stream"),
     "step": whole(0), "best_held_out": number(allow_inf=True), "smoothed": optional(number()),
@@ -110,7 +112,7 @@ def validate(tensors, meta, path):
     for name, shape in expected.items():
         if name not in tensors or tensors[name][0] != shape:
             found = f"of shape {tensors[name][0]}" if name in tensors else "nothing"
-            raise UserError(f"{path} is not this model's: its settings want {name} of shape {shape}, it holds "
+            raise UserError(f"{path} is for another model: its settings want {name} of shape {shape}, it holds "
                             f"{found}; use the checkpoint that train wrote for this run")
     unknown = sorted(set(tensors) - set(expected))
     if unknown:

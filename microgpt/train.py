@@ -28,7 +28,6 @@ from microgpt.settings import choose_out_dir, resume_settings, settings_from_arg
 from microgpt.signals import Requests, Stopped, handling
 
 
-
 class Trainer:
     def __init__(self, settings, out_dir, stream=sys.stdout, resume_from=None):
         """A run of `settings` in `out_dir`, from the reference initialisation, or, with resume_from (a checkpoint's
@@ -188,17 +187,16 @@ class Trainer:
                 "warnings": warnings}
 
     def samples(self, num_samples, temperature):
-        """Samples in the reference's way (the run's random stream continues): documents from BOS, streams from a
-        newline."""
-        tok, out = self.data.tokenizer, []
+        """Samples in the reference's way (the run's random stream continues), one at a time: documents from BOS,
+        streams from a newline."""
+        tok = self.data.tokenizer
         if self.data.format == "lines":
             prompt, stop, length = [tok.bos], tok.bos, self.cfg.block_size
         else:
             prompt, stop, length = stream_start(tok), None, 300
         for _ in range(num_samples):
-            out.append(tok.decode(generate(self.engine, prompt, self.rng, length, self.cfg.block_size, temperature,
-                                           stop=stop)))
-        return out
+            yield tok.decode(generate(self.engine, prompt, self.rng, length, self.cfg.block_size, temperature,
+                                      stop=stop))
 
 
 class TrainingDiverged(UserError):

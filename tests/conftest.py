@@ -1,5 +1,7 @@
 """Shared helpers: run the project's commands the way a user does, in a subprocess."""
+import json
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +23,29 @@ def run_python(*args, cwd, timeout=600, python=sys.executable, env=None):
 def microgpt(*args, cwd, **kw):
     """Run `python -m microgpt ARGS...` from `cwd`, as a user does."""
     return run_python("-m", "microgpt", *args, cwd=cwd, **kw)
+
+
+def rewrite_header(path, change):
+    """Damage the checkpoint at `path` by `change(header)` on its JSON header (tensor entries, "__metadata__" with
+    JSON strings as values), keeping its tensors' bytes."""
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    change(header)
+    encoded = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + raw[8 + n:])
+
+
+def change_setting(*keys):
+    """A change for rewrite_header that removes settings.KEYS... from the metadata."""
+    def change(header):
+        settings = json.loads(header["__metadata__"]["settings"])
+        part = settings
+        for key in keys[:-1]:
+            part = part[key]
+        del part[keys[-1]]
+        header["__metadata__"]["settings"] = json.dumps(settings)
+    return change
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import struct
 from array import array
 
 import pytest
+from conftest import rewrite_header
 
 from microgpt import checkpoint
 from microgpt.errors import UserError
@@ -92,14 +93,7 @@ def good_file(tmp_path):
 
 def rewritten(change):
     """A damage that rewrites the file's JSON header with `change(header)` and keeps its tensors' bytes."""
-    def damage(path):
-        raw = path.read_bytes()
-        (n,) = struct.unpack("<Q", raw[:8])
-        header = json.loads(raw[8:8 + n])
-        change(header)
-        encoded = json.dumps(header).encode()
-        path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + raw[8 + n:])
-    return damage
+    return lambda path: rewrite_header(path, change)
 
 
 def set_entry(name, **fields):

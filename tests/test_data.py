@@ -50,3 +50,26 @@ def test_stream_batches_depend_only_on_seed_and_step():
     data = Dataset("shakespeare", None, random.Random(0))
     assert data.batch(7, 4, 32, seed=1) == data.batch(7, 4, 32, seed=1) != data.batch(8, 4, 32, seed=1)
     assert all(len(w) == 33 for w in data.batch(7, 4, 32, seed=1))
+
+
+@pytest.mark.parametrize("fmt", ["lines", "stream"])
+def test_a_byte_order_mark_is_dropped_and_said(tmp_path, fmt):
+    text = "anna\nbob\nclara\ndave\nemma\n" * 40
+    (tmp_path / "plain.txt").write_text(text, encoding="utf-8")
+    (tmp_path / "bom.txt").write_text(text, encoding="utf-8-sig")  # EF BB BF, then the same text
+    plain, bom = (Dataset(str(tmp_path / name), fmt, random.Random(0)) for name in ("plain.txt", "bom.txt"))
+    assert (tmp_path / "bom.txt").read_bytes().startswith(b"\xef\xbb\xbf")
+    assert bom.tokenizer.chars == plain.tokenizer.chars and "\ufeff" not in bom.tokenizer.chars
+    assert bom.train == plain.train and bom.held_out == plain.held_out
+    assert "a byte-order mark at its start was dropped" in bom.describe() and "byte-order" not in plain.describe()
+
+
+def test_long_documents_in_lines_mode_are_counted_and_reported(tmp_path):
+    (tmp_path / "long.txt").write_text("x" * 2000 + "\nab\nbc\ncd\nde\nfg\n" + "y" * 30 + "\n")
+    data = Dataset(str(tmp_path / "long.txt"), "lines", random.Random(0))
+    data.check(16)
+    assert ("2 documents longer than the block (the longest 2,002 tokens, BOS included) are cut to their first 17 "
+            "tokens (block_size + 1)") in data.describe()
+    short = Dataset(str(tmp_path / "long.txt"), "lines", random.Random(0))
+    short.check(2048)
+    assert "longer than the block" not in short.describe()

@@ -1,7 +1,9 @@
 """Every mistake a user can make with train and sample gets one line that names the problem and the fix, a
 non-zero exit, no traceback, and loses nothing."""
+import shutil
+
 import pytest
-from conftest import microgpt
+from conftest import change_setting, microgpt, rewrite_header
 
 from microgpt import checkpoint
 
@@ -86,38 +88,47 @@ def test_prompt_longer_than_the_block(run):
                           "the prompt is 16 tokens; this model sees at most 16")
 
 
-def damaged_copy(run, tmp_path, damage):
-    path = tmp_path / "c.safetensors"
-    path.write_bytes((run / "checkpoint.safetensors").read_bytes())
-    damage(path)
-    return path
-
-
 def other_config(path):
-    tensors, meta = checkpoint.load(path)
-    meta["settings"]["model"]["n_embd"] = 32
-    checkpoint.save(path, tensors, meta)
+    rewrite_header(path, lambda header: header["__metadata__"].update(
+        settings=header["__metadata__"]["settings"].replace('"n_embd": 16', '"n_embd": 32')))
 
 
 def newer_version(path):
     raw = path.read_bytes()
-    path.write_bytes(raw.replace(b'"version":"1"', b'"version":"9"'))
+    path.write_bytes(raw.replace(b'"version":"2"', b'"version":"9"'))
 
 
-CHECKPOINTS = {
+def entry(**fields):
+    return lambda path: rewrite_header(path, lambda header: header["wte"].update(fields))
+
+
+CHECKPOINTS = {  # (wte is the first tensor: bytes 0-3456, 27 × 16 float64)
     "missing": (lambda p: p.unlink(), "no checkpoint at"),
     "truncated": (lambda p: p.write_bytes(p.read_bytes()[:-100]), "is truncated"),
-    "not a checkpoint": (lambda p: p.write_text("name,score\nanna,3\n" * 50), "not a microgpt checkpoint"),
-    "newer version": (newer_version, "format version 9, newer than this microgpt reads (1); upgrade"),
+    "not a checkpoint": (lambda p: p.write_text("name,score\nanna,3\n" * 50), "not a safetensors file"),
+    "JSON whose ninth byte is {": (lambda p: p.write_text('{"model": {"layers": 1}}'), "not a safetensors file"),
+    "newer version": (newer_version, "format version 9, newer than this microgpt reads (2); upgrade"),
     "another config": (other_config, "is for another model"),
+    "offsets not a whole number of values": (entry(data_offsets=[0, 3455]), "wte is 3455 bytes"),
+    "offsets covering fewer bytes than the shape": (entry(shape=[28, 16]), "wte is 3456 bytes, but"),
+    "offsets backwards": (entry(data_offsets=[3456, 0]), "tensor wte has no valid data_offsets"),
+    "F32 label over F64 bytes": (entry(dtype="F32"), "2 dimensions [27, 16] of F32 are 1728"),
+    "settings without model": (lambda p: rewrite_header(p, change_setting("model")),
+                               "its metadata field settings.model is missing"),
+    "settings without model.n_head": (lambda p: rewrite_header(p, change_setting("model", "n_head")),
+                                      "its metadata field settings.model.n_head is missing"),
 }
 
 
+@pytest.mark.parametrize("command", ["sample", "train --resume"])
 @pytest.mark.parametrize("case", CHECKPOINTS)
-def test_unusable_checkpoints(run, tmp_path, case):
+def test_unusable_checkpoints(run, tmp_path, case, command):
     damage, message = CHECKPOINTS[case]
-    path = damaged_copy(run, tmp_path, damage)
-    assert_one_line_error(microgpt("sample", "--from", path, cwd=tmp_path), message)
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    damage(copy / "checkpoint.safetensors")
+    args = ("sample", "--from", "run/checkpoint.safetensors") if command == "sample" else ("train", "--resume", "run")
+    assert_one_line_error(microgpt(*args, cwd=tmp_path), message)
 
 
 def test_resume_refuses_data_that_changed(tmp_path):
