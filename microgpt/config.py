@@ -26,6 +26,8 @@ class TrainConfig:
     init_std: float = 0.08  # the reference draws every weight from N(0, 0.08); wider models want less
 
 
+DTYPES = ("float64", "float32", "bfloat16")  # what a run can compute in (each engine offers some)
+DEVICES, ATTENTIONS = ("cpu", "cuda", "mps"), ("manual", "sdpa")  # the torch engine's --device and --attention
 ENGINE_OPTIONS = {"device": None, "attention": None, "compile": False}  # None, False: the default
 MODEL_FIELDS = ("n_layer", "n_embd", "n_head", "block_size")
 REFERENCE_MODEL = {name: getattr(GPTConfig(), name) for name in MODEL_FIELDS}  # the atomic file's defaults

@@ -13,7 +13,8 @@ from dataclasses import fields
 
 from microgpt import atomic
 from microgpt.checkpoint import VERSION
-from microgpt.config import MODEL_FIELDS, TrainConfig
+from microgpt.config import ATTENTIONS, DEVICES, DTYPES, MODEL_FIELDS, TrainConfig
+from microgpt.datasets import FORMATS
 from microgpt.engines import ENGINES
 from microgpt.errors import UserError
 from microgpt.layout import KINDS, segments
@@ -75,19 +76,18 @@ TOKENIZERS = {  # the tokenizer's own fields, by its "type"
 }
 SCHEMA = {
     "version": one_of(*range(1, VERSION + 1)),
-    "settings": {"data": TEXT, "format": one_of("lines", "stream", None),
+    "settings": {"data": TEXT, "format": one_of(*FORMATS, None),
                  "model": {name: whole(1) for name in MODEL_FIELDS}, "train": TRAIN,
-                 "dtype": one_of("float64", "float32", "bfloat16"), "tokenizer": one_of(*TOKENIZERS),
+                 "dtype": one_of(*DTYPES), "tokenizer": one_of(*TOKENIZERS),
                  "vocab_size": whole(1), "presplit": FLAG},
     "vocab_size": whole(2),
     "tokenizer": (lambda x: isinstance(x, dict) and one_of(*TOKENIZERS)[0](x.get("type")),
                   f"a tokenizer ({' or '.join(TOKENIZERS)})"),  # and the fields of its type (validate)
-    "data_sha256": SHA256, "data_format": one_of("lines", "stream"),
+    "data_sha256": SHA256, "data_format": one_of(*FORMATS),
     "step": whole(0), "best_held_out": number(allow_inf=True), "smoothed": optional(number()),
     "rng": (takes_state, "a random generator's state"),
     "eval_every": whole(1), "engine": one_of(*ENGINES),
-    "engine_options": {"device": one_of("cpu", "cuda", "mps", None), "attention": one_of("manual", "sdpa", None),
-                       "compile": FLAG},
+    "engine_options": {"device": one_of(*DEVICES, None), "attention": one_of(*ATTENTIONS, None), "compile": FLAG},
     "evaluation_due": FLAG,
 }
 

@@ -7,7 +7,17 @@ import os
 from dataclasses import replace
 
 from microgpt.arguments import add_engine, number_in, positive_number, whole_number
-from microgpt.config import MODEL_FIELDS, PRESETS, REFERENCE_MODEL, TRAIN_FIELDS, RunSettings, TrainConfig
+from microgpt.config import (
+    ATTENTIONS,
+    DEVICES,
+    DTYPES,
+    MODEL_FIELDS,
+    PRESETS,
+    REFERENCE_MODEL,
+    TRAIN_FIELDS,
+    RunSettings,
+    TrainConfig,
+)
 from microgpt.datasets import BUNDLED, FORMATS, checksum, read_text
 from microgpt.errors import UserError
 from microgpt.loading import read
@@ -45,12 +55,12 @@ def add_engine_options(p):
     engine.add_argument("--preset", choices=list(PRESETS),
                         help="data, model and training settings that were measured (README); default: reference")
     add_engine(engine, "what computes the model: all give the same numbers, at different speeds ")
-    engine.add_argument("--dtype", choices=("float64", "float32", "bfloat16"),
+    engine.add_argument("--dtype", choices=DTYPES,
                         help="float32 is about twice as fast (numpy, torch); bfloat16 is autocast on CUDA (torch); "
                              "float64 reproduces the reference (default: float64)")
-    engine.add_argument("--device", choices=("cpu", "cuda", "mps"),
+    engine.add_argument("--device", choices=DEVICES,
                         help="torch engine: where to compute (default: cuda if present, else mps, else cpu)")
-    engine.add_argument("--attention", choices=("manual", "sdpa"),
+    engine.add_argument("--attention", choices=ATTENTIONS,
                         help="torch engine: attention spelled out, or F.scaled_dot_product_attention, the fused "
                              "kernel (default: manual)")
     engine.add_argument("--compile", action="store_true",

@@ -64,7 +64,7 @@ class Trainer:
             self.evaluation_due = meta["evaluation_due"]
             self.rng.setstate(to_state(meta["rng"]))
         # Ctrl-C, and SIGTERM (a scheduler's or torchrun's way to stop a run), finish the step and save
-        self.requests = Requests(self.stream, "finishing this step, then saving")
+        self.requests = Requests(self.stream, "finishing this step (an evaluation is cut short), then saving")
         self.monitor = health.Monitor()
         self.stop_requested = False  # decided between steps (by every rank together, under torchrun)
         self.last_saved_step = self.step if resume_from else None

@@ -12,7 +12,8 @@ import pytest
 from conftest import ROOT
 
 pytest.importorskip("build")
-SKIP = shutil.ignore_patterns(".git", "runs", "dist", "build", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis")
+SKIP = shutil.ignore_patterns(".git", "runs", "dist", "build", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis",
+                             ".venv", "venv")
 
 
 def project_files(*folders):
