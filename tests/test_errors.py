@@ -146,3 +146,19 @@ def test_resume_keeps_its_directory(run):
 def test_tokenize_save_to_nowhere(run):
     assert_one_line_error(microgpt("tokenize", "--from", run, "ab", "--save", "/no/such/dir/t.txt", cwd=run.parent),
                           "cannot write /no/such/dir/t.txt")
+
+
+def test_a_version_1_checkpoint_is_still_read(run, tmp_path):
+    """Format version 1 had no evaluation_due (it never cut an evaluation short): read as false, not refused."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+
+    def to_version_1(header):
+        del header["__metadata__"]["evaluation_due"]
+        header["__metadata__"]["version"] = "1"
+    rewrite_header(copy / "checkpoint.safetensors", to_version_1)
+    result = microgpt("sample", "--from", "run/checkpoint.safetensors", "--num-samples", 2, cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.startswith("run/checkpoint.safetensors: step 200"), result.stderr
+    newer = copy / "checkpoint.safetensors"
+    rewrite_header(newer, lambda header: header["__metadata__"].update(version="2"))  # a version 2 file needs it
+    assert_one_line_error(microgpt("sample", "--from", newer, cwd=tmp_path), "evaluation_due is missing")
