@@ -13,6 +13,7 @@ import contextlib
 import json
 import math
 import os
+import reprlib
 import shutil
 import struct
 import sys
@@ -131,7 +132,7 @@ def checked_header(data, path):
                         "best.safetensors")
     try:
         header = json.loads(data[8:8 + header_len])
-    except ValueError:  # (UnicodeDecodeError included)
+    except (ValueError, RecursionError):  # (UnicodeDecodeError included; and arrays nested thousands deep)
         header = None
     if not isinstance(header, dict):
         raise UserError(f"{path} is not a safetensors file (its header is not a JSON object), so not a microgpt "
@@ -158,7 +159,7 @@ def offsets_of(item, path):
     offsets = info.get("data_offsets") if isinstance(info, dict) else None
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(whole(x) for x in offsets)
             and 0 <= offsets[0] <= offsets[1]):
-        raise damaged(path, f"tensor {name} has no valid data_offsets ({offsets!r})")
+        raise damaged(path, f"tensor {name} has no valid data_offsets ({reprlib.repr(offsets)})")
     return tuple(offsets)
 
 
@@ -167,10 +168,10 @@ def check_entry(name, info, start, path):
     if set(info) != {"dtype", "shape", "data_offsets"}:
         raise damaged(path, f"tensor {name} has the fields {sorted(info)}, not dtype, shape and data_offsets")
     dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
-    if dtype not in DTYPES:
-        raise UserError(f"{path} holds {name} as {dtype!r}; microgpt reads F64 and F32 checkpoints")
+    if not (isinstance(dtype, str) and dtype in DTYPES):
+        raise UserError(f"{path} holds {name} as {reprlib.repr(dtype)}; microgpt reads F64 and F32 checkpoints")
     if not (isinstance(shape, list) and all(whole(n) and n >= 0 for n in shape)):
-        raise damaged(path, f"tensor {name} has the shape {shape!r}")
+        raise damaged(path, f"tensor {name} has the shape {reprlib.repr(shape)}")
     if begin != start:
         raise damaged(path, f"tensor {name} starts at byte {begin}, where the one before it ends at {start}")
     size = math.prod(shape) * ITEMSIZE[dtype]
@@ -189,7 +190,7 @@ def read_metadata(meta, path):
                         "the file that train wrote")
     version = meta.get("version", "")
     if not (version.isascii() and version.isdigit() and int(version) >= 1):
-        raise damaged(path, f"its format version is {version!r}")
+        raise damaged(path, f"its format version is {reprlib.repr(version)}")
     if int(version) > VERSION:
         raise UserError(f"{path} has checkpoint format version {version}, newer than this microgpt reads "
                         f"({VERSION}); upgrade microgpt")
@@ -198,7 +199,7 @@ def read_metadata(meta, path):
         if key not in ("format", "version"):
             try:
                 values[key] = json.loads(value)
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise damaged(path, f"its metadata field {key} is not JSON") from None
     return values
 

@@ -8,6 +8,7 @@ A schema is a dict (a JSON object with exactly these keys, each checked by its o
 """
 import math
 import random
+import reprlib
 import string
 from dataclasses import fields
 
@@ -32,8 +33,8 @@ def one_of(*choices):
 
 
 def number(allow_inf=False):  # JSON writes inf as Infinity, which is how a run with no evaluation yet saves its best
-    return (lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)
-            and (math.isfinite(x) or (allow_inf and x == math.inf)), "a number")
+    return (lambda x: (isinstance(x, int) and not isinstance(x, bool) and abs(x) <= 2**53)  # (exact as a float)
+            or (isinstance(x, float) and (math.isfinite(x) or (allow_inf and x == math.inf))), "a number")
 
 
 def optional(leaf):
@@ -48,8 +49,10 @@ def list_of(leaf, length=None):
 
 
 def takes_state(rng):
-    """Whether random.setstate takes this state, after its trip through JSON (lists for tuples)."""
-    if not isinstance(rng, list):
+    """Whether random.setstate takes this state, after its trip through JSON: [3, [625 whole numbers], null or a
+    number], lists for tuples."""
+    if not (isinstance(rng, list) and len(rng) == 3 and isinstance(rng[1], list)
+            and all(isinstance(x, int) for x in rng[1]) and (rng[2] is None or isinstance(rng[2], float))):
         return False
     try:
         random.Random().setstate(to_state(rng))
@@ -108,6 +111,9 @@ def validate(tensors, meta, path):
     problem = inconsistency(meta, cfg)
     if problem:
         raise bad(path, problem)
+    if cfg.n_layer > len(tensors):  # (each layer has tensors: a huge n_layer is refused before its names are listed)
+        raise UserError(f"{path} is for another model: its settings want {cfg.n_layer} layers, it holds "
+                        f"{len(tensors)} tensors; use the checkpoint that train wrote for this run")
     expected = {prefix + name: shape for prefix in KINDS for name, (_, shape) in segments(cfg).items()}
     for name, shape in expected.items():
         if name not in tensors or tensors[name][0] != shape:
@@ -117,6 +123,9 @@ def validate(tensors, meta, path):
     unknown = sorted(set(tensors) - set(expected))
     if unknown:
         raise bad(path, f"it holds a tensor {unknown[0]} that its model does not have")
+    for name, (_, values) in tensors.items():  # a NaN or an infinity makes the sum one (weights are never near 1e308)
+        if not math.isfinite(sum(values)):
+            raise bad(path, f"tensor {name} holds a value that is not finite (NaN or infinity)")
     return cfg
 
 
@@ -130,7 +139,7 @@ def check(value, schema, path, where):
         if isinstance(part, dict):
             check(value[key], part, path, f"{where}{key}.")
         elif not part[0](value[key]):
-            raise bad(path, f"its metadata field {where}{key} is {shorten(value[key])}, not {part[1]}")
+            raise bad(path, f"its metadata field {where}{key} is {reprlib.repr(value[key])}, not {part[1]}")
     unknown = sorted(set(value) - set(schema))
     if unknown:
         raise bad(path, f"it has an unknown metadata field {where}{unknown[0]}")
@@ -150,6 +159,8 @@ def inconsistency(meta, cfg):
     else:  # BPE: the merge of rank r makes id 256 + r, from ids made before it
         if any(max(pair) >= 256 + rank for rank, pair in enumerate(tokenizer["merges"])):
             return "tokenizer.merges joins an id before it exists"
+        if tokenizer["presplit"] != settings["presplit"]:
+            return "tokenizer.presplit is not settings.presplit"
         size = 256 + len(tokenizer["merges"]) + 1
     if size != cfg.vocab_size:
         return f"vocab_size is {cfg.vocab_size}, its tokenizer's {size}"
@@ -158,11 +169,6 @@ def inconsistency(meta, cfg):
     if meta["step"] > settings["train"]["steps"]:
         return "step is past settings.train.steps"
     return None
-
-
-def shorten(value):
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def bad(path, what):

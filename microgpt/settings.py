@@ -18,7 +18,7 @@ from microgpt.config import (
     RunSettings,
     TrainConfig,
 )
-from microgpt.datasets import BUNDLED, FORMATS, checksum, read_text
+from microgpt.datasets import BOM, BUNDLED, FORMATS, checksum, read_text
 from microgpt.errors import UserError
 from microgpt.loading import read
 from microgpt.schedule import SCHEDULES
@@ -159,7 +159,12 @@ def resume_settings(args):
         raise UserError(f"--resume {args.resume} continues in its own directory; drop --out {args.out}")
     tensors, meta, _ = read(os.path.join(args.resume, "checkpoint.safetensors"))
     saved = meta["settings"]
-    if checksum(read_text(saved["data"])[1]) != meta["data_sha256"]:
+    text = read_text(saved["data"])[1]
+    if checksum(text) != meta["data_sha256"] and checksum(BOM + text) == meta["data_sha256"]:
+        raise UserError(f"--resume {args.resume} was started by an older microgpt, which read the byte-order mark at "
+                        f"the start of {saved['data']} as a character; this one drops it, so the run cannot continue "
+                        "exactly; start a new run")
+    if checksum(text) != meta["data_sha256"]:
         raise UserError(f"--data {saved['data']} has changed since this run started (its checksum differs); "
                         "restore the original file, or start a new run")
     settings = RunSettings(data=saved["data"], format=saved["format"], model=saved["model"],

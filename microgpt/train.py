@@ -38,6 +38,10 @@ class Trainer:
         self.data = Dataset(settings.data, settings.format, self.rng, settings.tokenizer_spec())
         self.data.check(settings.model["block_size"])
         self.cfg = atomic.GPTConfig(vocab_size=self.data.tokenizer.vocab_size, **settings.model)
+        # the same data and the same code make the same tokenizer, and so the shapes the checkpoint holds
+        if resume_from and self.data.tokenizer.to_metadata() != resume_from[1]["tokenizer"]:
+            raise UserError(f"the tokenizer made from --data {settings.data} is not the one the run in {out_dir} "
+                            "was trained with (was it started by another version of microgpt?); start a new run")
         state = state_from_checkpoint(resume_from[0], self.cfg) if resume_from else None
         weights = state[0] if state else reference_weights(self.cfg, self.rng, tc.init_std)
         self.engine = engines.create(settings.engine or engines.fastest(), self.cfg, weights, settings.dtype,

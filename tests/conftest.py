@@ -25,14 +25,14 @@ def microgpt(*args, cwd, **kw):
     return run_python("-m", "microgpt", *args, cwd=cwd, **kw)
 
 
-def rewrite_header(path, change):
+def rewrite_header(path, change, deep=0):
     """Damage the checkpoint at `path` by `change(header)` on its JSON header (tensor entries, "__metadata__" with
-    JSON strings as values), keeping its tensors' bytes."""
+    JSON strings as values), keeping its tensors' bytes; `deep`: an empty list in it nested that deep."""
     raw = path.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
     header = json.loads(raw[8:8 + n])
     change(header)
-    encoded = json.dumps(header).encode()
+    encoded = json.dumps(header).encode().replace(b"[]", b"[" * deep + b"]" * deep if deep else b"[]")
     path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + raw[8 + n:])
 
 

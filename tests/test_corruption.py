@@ -1,7 +1,7 @@
 """A damaged checkpoint is never used: random corruptions of a real one (header bytes, the header's length, tensor
-offsets, dtypes, shapes and names, metadata values, truncation) each make `sample` and `train --resume` stop with
-one line and exit code 2, never a traceback, never a loaded model. (`pytest --hypothesis-show-statistics` counts the
-kinds tried.)"""
+offsets, dtypes, shapes and names, metadata values, non-finite tensor values, truncation) each make `sample` and
+`train --resume` stop with one line and exit code 2, never a traceback, never a loaded model.
+(`pytest --hypothesis-show-statistics` counts the kinds tried.)"""
 import contextlib
 import io
 import json
@@ -70,7 +70,8 @@ class Damaged(NamedTuple):
 def corruptions(draw, raw, header, body):
     """A Damaged copy of the checkpoint file `raw` (its header parsed, and its tensors' bytes)."""
     kind = draw(st.sampled_from(["header byte", "header length", "offsets", "dtype", "shape", "tensor name",
-                                 "metadata value", "metadata field removed", "metadata field added", "truncation"]))
+                                 "metadata value", "metadata field removed", "metadata field added", "truncation",
+                                 "non-finite value"]))
     event(kind)
     header = json.loads(json.dumps(header))  # a copy to damage
     tensors = sorted(name for name in header if name != "__metadata__")
@@ -96,6 +97,10 @@ def corruptions(draw, raw, header, body):
                                      .filter(lambda x: x != header[name]["shape"]))
     elif kind == "tensor name":
         header[draw(st.text(min_size=1, max_size=12).filter(lambda x: x not in header))] = header.pop(name)
+    elif kind == "non-finite value":  # one float64 of the tensors made NaN or an infinity
+        where, value = draw(st.integers(0, len(body) // 8 - 1)), draw(st.sampled_from(["nan", "inf", "-inf"]))
+        damaged = body[:8 * where] + struct.pack("<d", float(value)) + body[8 * where + 8:]
+        return Damaged(kind, f"value {where} := {value}", raw[:len(raw) - len(body)] + damaged)
     elif kind == "truncation":
         size = draw(st.integers(0, len(raw) - 1))
         return Damaged(kind, f"{size} of {len(raw)} bytes kept", raw[:size])

@@ -1,6 +1,9 @@
 """Every mistake a user can make with train and sample gets one line that names the problem and the fix, a
 non-zero exit, no traceback, and loses nothing."""
+import hashlib
+import json
 import shutil
+import struct
 
 import pytest
 from conftest import change_setting, microgpt, rewrite_header
@@ -98,6 +101,11 @@ def newer_version(path):
     path.write_bytes(raw.replace(b'"version":"2"', b'"version":"9"'))
 
 
+def nan_first_weight(raw):
+    start = 8 + struct.unpack("<Q", raw[:8])[0]  # wte's first value
+    return raw[:start] + struct.pack("<d", float("nan")) + raw[start + 8:]
+
+
 def entry(**fields):
     return lambda path: rewrite_header(path, lambda header: header["wte"].update(fields))
 
@@ -113,6 +121,19 @@ CHECKPOINTS = {  # (wte is the first tensor: bytes 0-3456, 27 × 16 float64)
     "offsets covering fewer bytes than the shape": (entry(shape=[28, 16]), "wte is 3456 bytes, but"),
     "offsets backwards": (entry(data_offsets=[3456, 0]), "tensor wte has no valid data_offsets"),
     "F32 label over F64 bytes": (entry(dtype="F32"), "2 dimensions [27, 16] of F32 are 1728"),
+    "a dtype that is a list": (entry(dtype=["F64"]), "holds wte as ['F64']"),
+    "a learning rate of 401 digits": (lambda p: rewrite_header(p, lambda h: h["__metadata__"].update(
+        settings=h["__metadata__"]["settings"].replace('"lr": 0.01', '"lr": 1' + "0" * 400))),
+        "settings.train.lr is 1000"),
+    "a header nested 100,000 deep": (lambda p: rewrite_header(p, lambda h: h.update(x=[]), deep=100_000),
+                                     "not a safetensors file"),
+    "a random state nested deep": (lambda p: rewrite_header(p, lambda h: h["__metadata__"].update(
+        rng="[" * 900 + "]" * 900)), "its metadata field rng is"),
+    "a million layers": (lambda p: rewrite_header(p, lambda h: h["__metadata__"].update(
+        settings=h["__metadata__"]["settings"].replace('"n_layer": 1', '"n_layer": 1000000'))),
+        "want 1000000 layers, it holds 27 tensors"),
+    "a NaN weight": (lambda p: p.write_bytes(nan_first_weight(p.read_bytes())),
+                     "tensor wte holds a value that is not finite"),
     "settings without model": (lambda p: rewrite_header(p, change_setting("model")),
                                "its metadata field settings.model is missing"),
     "settings without model.n_head": (lambda p: rewrite_header(p, change_setting("model", "n_head")),
@@ -162,3 +183,14 @@ def test_a_version_1_checkpoint_is_still_read(run, tmp_path):
     newer = copy / "checkpoint.safetensors"
     rewrite_header(newer, lambda header: header["__metadata__"].update(version="2"))  # a version 2 file needs it
     assert_one_line_error(microgpt("sample", "--from", newer, cwd=tmp_path), "evaluation_due is missing")
+
+
+def test_resume_of_a_run_that_read_a_byte_order_mark_as_a_character(tmp_path):
+    """Older versions made the BOM a token and took the checksum with it: such a run cannot continue exactly."""
+    (tmp_path / "words.txt").write_text("anna\nbob\nclara\ndave\n", encoding="utf-8-sig")
+    assert microgpt("train", "--data", "words.txt", "--steps", 4, "--out", "run", cwd=tmp_path).returncode == 0
+    old_checksum = hashlib.sha256("\ufeffanna\nbob\nclara\ndave\n".encode()).hexdigest()
+    rewrite_header(tmp_path / "run" / "checkpoint.safetensors",
+                   lambda header: header["__metadata__"].update(data_sha256=json.dumps(old_checksum)))
+    assert_one_line_error(microgpt("train", "--resume", "run", cwd=tmp_path),
+                          "read the byte-order mark at the start of words.txt as a character")
