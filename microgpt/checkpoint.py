@@ -128,8 +128,7 @@ def checked_header(data, path):
         raise UserError(f"{path} is not a safetensors file (no header), so not a microgpt checkpoint; "
                         "give the file that train wrote")
     if 8 + header_len > len(data):
-        raise UserError(f"{path} is truncated (its header is cut short); use an intact checkpoint, e.g. "
-                        "best.safetensors")
+        raise truncated(path, "its header is cut short")
     try:
         header = json.loads(data[8:8 + header_len])
     except (ValueError, RecursionError):  # (UnicodeDecodeError included; and arrays nested thousands deep)
@@ -142,10 +141,10 @@ def checked_header(data, path):
     end = 0
     for name, info in sorted(header.items(), key=lambda item: offsets_of(item, path)):
         end = check_entry(name, info, end, path)
-    if end != len(body):
-        what = "its last tensor is cut short" if end > len(body) else f"{len(body) - end} bytes follow its last tensor"
-        raise UserError(f"{path} is {'truncated' if end > len(body) else 'damaged'} ({what}); use an intact "
-                        "checkpoint, e.g. best.safetensors")
+    if end > len(body):
+        raise truncated(path, "its last tensor is cut short")
+    if end < len(body):
+        raise damaged(path, f"{len(body) - end} bytes follow its last tensor")
     return header, meta, body
 
 
@@ -153,11 +152,15 @@ def damaged(path, what):
     return UserError(f"{path} is damaged: {what}; use an intact checkpoint, e.g. best.safetensors")
 
 
+def truncated(path, what):
+    return UserError(f"{path} is truncated ({what}); use an intact checkpoint, e.g. best.safetensors")
+
+
 def offsets_of(item, path):
     """A tensor entry's (start, end), once they are two whole numbers in order."""
     name, info = item
     offsets = info.get("data_offsets") if isinstance(info, dict) else None
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(whole(x) for x in offsets)
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(is_whole(x) for x in offsets)
             and 0 <= offsets[0] <= offsets[1]):
         raise damaged(path, f"tensor {name} has no valid data_offsets ({reprlib.repr(offsets)})")
     return tuple(offsets)
@@ -170,7 +173,7 @@ def check_entry(name, info, start, path):
     dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
     if not (isinstance(dtype, str) and dtype in DTYPES):
         raise UserError(f"{path} holds {name} as {reprlib.repr(dtype)}; microgpt reads F64 and F32 checkpoints")
-    if not (isinstance(shape, list) and all(whole(n) and n >= 0 for n in shape)):
+    if not (isinstance(shape, list) and all(is_whole(n) and n >= 0 for n in shape)):
         raise damaged(path, f"tensor {name} has the shape {reprlib.repr(shape)}")
     if begin != start:
         raise damaged(path, f"tensor {name} starts at byte {begin}, where the one before it ends at {start}")
@@ -204,6 +207,6 @@ def read_metadata(meta, path):
     return values
 
 
-def whole(x):
+def is_whole(x):
     """An int that is not a bool (JSON's true would pass isinstance(x, int))."""
     return isinstance(x, int) and not isinstance(x, bool)

@@ -13,7 +13,7 @@ import string
 from dataclasses import fields
 
 from microgpt import atomic
-from microgpt.checkpoint import VERSION
+from microgpt.checkpoint import VERSION, is_whole
 from microgpt.config import ATTENTIONS, DEVICES, DTYPES, MODEL_FIELDS, TrainConfig
 from microgpt.datasets import FORMATS
 from microgpt.engines import ENGINES
@@ -23,7 +23,7 @@ from microgpt.schedule import SCHEDULES
 
 
 def whole(low=None):
-    return (lambda x: isinstance(x, int) and not isinstance(x, bool) and (low is None or x >= low),
+    return (lambda x: is_whole(x) and (low is None or x >= low),
             "a whole number" + (f" >= {low}" if low is not None else ""))
 
 
@@ -33,7 +33,7 @@ def one_of(*choices):
 
 
 def number(allow_inf=False):  # JSON writes inf as Infinity, which is how a run with no evaluation yet saves its best
-    return (lambda x: (isinstance(x, int) and not isinstance(x, bool) and abs(x) <= 2**53)  # (exact as a float)
+    return (lambda x: (is_whole(x) and abs(x) <= 2**53)  # (exact as a float)
             or (isinstance(x, float) and (math.isfinite(x) or (allow_inf and x == math.inf))), "a number")
 
 

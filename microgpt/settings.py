@@ -160,11 +160,12 @@ def resume_settings(args):
     tensors, meta, _ = read(os.path.join(args.resume, "checkpoint.safetensors"))
     saved = meta["settings"]
     text = read_text(saved["data"])[1]
-    if checksum(text) != meta["data_sha256"] and checksum(BOM + text) == meta["data_sha256"]:
+    changed = checksum(text) != meta["data_sha256"]
+    if changed and checksum(BOM + text) == meta["data_sha256"]:
         raise UserError(f"--resume {args.resume} was started by an older microgpt, which read the byte-order mark at "
                         f"the start of {saved['data']} as a character; this one drops it, so the run cannot continue "
                         "exactly; start a new run")
-    if checksum(text) != meta["data_sha256"]:
+    if changed:
         raise UserError(f"--data {saved['data']} has changed since this run started (its checksum differs); "
                         "restore the original file, or start a new run")
     settings = RunSettings(data=saved["data"], format=saved["format"], model=saved["model"],
