@@ -46,10 +46,10 @@ def launched_processes():
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def create(name, cfg, weights, dtype="float64", **options):
+def create(name, cfg, weights, dtype="float64", ablations=(), **options):
     """An engine `name` holding a copy of `weights` (a flat array (P,) in the reference order), computing in
-    `dtype`: float64 everywhere, float32 (and bfloat16) where an engine offers it. `options` (device, attention,
-    compile) are the torch engine's."""
+    `dtype`: float64 everywhere, float32 (and bfloat16) where an engine offers it; the model without the pieces
+    named in `ablations` (microgpt/ablations.py). `options` (device, attention, compile) are the torch engine's."""
     if name not in ENGINES:
         raise UserError(f"unknown engine {name!r}; choose one of: {', '.join(ENGINES)}")
     missing = [package for package in NEEDS.get(name, ()) if not importlib.util.find_spec(package)]
@@ -61,8 +61,11 @@ def create(name, cfg, weights, dtype="float64", **options):
     options = {key: value for key, value in options.items() if value}
     if options and name != "torch":
         raise UserError(f"--{next(iter(options))} is an option of the torch engine; add --engine torch")
+    if ablations and name == "scalar":
+        raise UserError("the scalar engine is the atomic file, which has every piece and no switches; --ablate "
+                        "needs --engine python, numpy or torch")
     module = importlib.import_module(f"microgpt.engines.{name}")
     if dtype not in module.Engine.dtypes:
         raise UserError(f"the {name} engine does not compute in {dtype}; use --dtype float64, or --engine "
                         f"{'numpy or torch' if dtype == 'float32' else 'torch'}")
-    return module.Engine(cfg, weights, dtype, **options)
+    return module.Engine(cfg, weights, dtype, ablations, **options)

@@ -4,15 +4,18 @@ An engine holds one model (its weights, their gradients, Adam's two moments) and
 numbers with it, at its own speed; every engine subclasses Engine below, and nothing outside microgpt/engines/ asks
 an engine what it has. What it offers:
 
-  construction  Engine(cfg, weights, dtype="float64", **options) in each engine's file (engines.create makes
-                    one): cfg an atomic.GPTConfig, weights a flat array (P,) (initialisation.reference_weights, or a
-                    checkpoint's), dtype one of the class's `dtypes`; options: the torch engine's device,
-                    attention, compile. Attributes: name, cfg, dtypes
+  construction  Engine(cfg, weights, dtype="float64", ablations=(), **options) in each engine's file
+                    (engines.create makes one): cfg an atomic.GPTConfig, weights a flat array (P,)
+                    (initialisation.reference_weights, or a checkpoint's), dtype one of the class's `dtypes`,
+                    ablations the pieces taken out of the model (microgpt/ablations.py; the scalar engine has none);
+                    options: the torch engine's device, attention, compile. Attributes: name, cfg, dtypes, ablations
   training      loss_and_grads(batch) -> the mean loss over every predicted token of a batch of token lists
                     (each cut to block_size + 1 tokens), filling the gradients; clip_grads(max_norm) -> the
                     gradient's global norm before clipping; adam_step(step, lr_t, beta1, beta2, eps, weight_decay)
   evaluation    loss(batch) -> the same mean loss, no gradients
   sampling      new_cache(); forward(tokens, cache) -> the logits (T, V), lists of floats, after the cached tokens
+                    (each engine's kv_cache() and forward_cached(); this file runs the whole context instead when the
+                    causal mask is ablated)
   state         weights(), gradients(), moments() -> (m, v): flat arrays (P,) laid out as microgpt/layout.py says,
                     whose bytes a checkpoint is written from: NumPy arrays that are the engine's own memory (numpy,
                     torch on the CPU: valid until the next step; copy to keep), or array('d') copies of the lists
@@ -33,6 +36,7 @@ from array import array
 from typing import NamedTuple
 
 from microgpt import health
+from microgpt.ablations import pieces
 from microgpt.errors import UserError
 from microgpt.layout import segments, split
 
@@ -41,7 +45,9 @@ class Layer(NamedTuple):
     """What one transformer block computes, in order; each field's trace name is layer{i}. and the field's name with
     its first _ as a dot (attn_norm -> layer0.attn.norm). The shapes are record()'s, of one sequence; the forward
     pass of a batch keeps its documents as each engine lays them out (numpy: a batch axis in front; python: rows
-    end to end, the attention per document) and no attn_scores (None: the backward needs the weights alone)."""
+    end to end, the attention per document) and no attn_scores (None: the backward needs the weights alone). A block
+    that is ablated away leaves its fields None (the residual fields then hold the stream that passes by); a piece
+    that becomes the identity (rmsnorm, relu) leaves its input there."""
     attn_norm: object  # (T, C) the stream entering the block, rmsnormed: what q, k and v read
     attn_q: object  # (T, C) queries; head h owns columns h*C/H ... (h+1)*C/H, as in keys and values
     attn_k: object  # (T, C) keys
@@ -70,12 +76,13 @@ class Record(NamedTuple):
         return self.layers[i - 1].mlp_residual if i else self.embedding_norm
 
     def named(self):
-        """(trace name, value) of every intermediate, in the order computed."""
+        """(trace name, value) of every intermediate, in the order computed; none of a block that is ablated away."""
         yield "embedding", self.embedding
         yield "embedding.norm", self.embedding_norm
         for i, layer in enumerate(self.layers):
             for field, value in zip(Layer._fields, layer):
-                yield f"layer{i}.{field.replace('_', '.', 1)}", value
+                if value is not None:
+                    yield f"layer{i}.{field.replace('_', '.', 1)}", value
         yield "logits", self.logits
 
 
@@ -85,8 +92,11 @@ class Engine:
     eval_batch = 64  # held-out sequences per loss() in an evaluation, which a signal can cut short between them
     rank, world = 0, 1  # this process among the processes of a torchrun launch
 
-    def __init__(self, cfg, dtype="float64"):
-        self.cfg, self.dtype_name = cfg, dtype
+    def __init__(self, cfg, dtype="float64", ablations=()):
+        self.cfg, self.dtype_name, self.ablations = cfg, dtype, tuple(ablations)
+        self.has = pieces(ablations)  # which pieces the model has: has.attention, has.rmsnorm, ...
+        # what attention multiplies q.k by: 1 / sqrt(head_dim), the reference's arithmetic (1 when ablated)
+        self.attn_scale = ((cfg.n_embd // cfg.n_head) ** 0.5) ** -1 if self.has.attn_scale else 1.0
         self.segments = segments(cfg)  # where each weight matrix starts in the flat arrays, and its shape
         # Subclasses hold p (the weights), g (their gradients), m and v (Adam's moments): flat (P,) in their storage
 
@@ -107,9 +117,28 @@ class Engine:
         raise NotImplementedError
 
     def new_cache(self):
-        raise NotImplementedError
+        return self.kv_cache() if self._keys_keep else []
 
     def forward(self, tokens, cache):
+        """The logits (T, V) after each of `tokens`, which follow the tokens fed to `cache` before."""
+        if self._keys_keep:
+            return self.forward_cached(tokens, cache)
+        # Without the causal mask every position reads every other, so a position's keys change with each token fed
+        # after it and no key/value cache can hold them (and without attention there are no keys to count the
+        # positions by): the cache is the tokens so far, and the whole context runs again.
+        cache += tokens
+        return self.forward_cached(cache, self.kv_cache())[-len(tokens):]
+
+    @property
+    def _keys_keep(self):  # whether a position's keys and values, once computed, stay what they are
+        return self.has.attention and self.has.causal_mask
+
+    def kv_cache(self):
+        """An empty key/value cache, in the engine's own layout."""
+        raise NotImplementedError
+
+    def forward_cached(self, tokens, cache):
+        """The logits (T, V) after each of `tokens`, which follow the positions in `cache` and are appended to it."""
         raise NotImplementedError
 
     def load_state(self, weights, m, v):
@@ -166,10 +195,11 @@ class Engine:
 
     def _layer_health(self, tokens):
         record = self.record(tokens)
-        return {"layers": [{"activation_rms": self._rms(layer.mlp_residual), "dead_relu": self._dead(layer.mlp_relu)}
+        return {"layers": [{"activation_rms": self._rms(layer.mlp_residual),  # (no MLP, no ReLU: dead_relu None)
+                            "dead_relu": None if layer.mlp_relu is None else self._dead(layer.mlp_relu)}
                            for layer in record.layers],
                 "non_finite": self._first_non_finite(record),
-                "collapsed": [(i, h) for i, layer in enumerate(record.layers)
+                "collapsed": [(i, h) for i, layer in enumerate(record.layers) if layer.attn_weights is not None
                               for h in self._collapsed(layer.attn_weights)]}
 
     def first_non_finite(self, tokens):
@@ -178,7 +208,7 @@ class Engine:
 
     def _first_non_finite(self, record):
         for name, value in record.named():
-            if not self._finite(value, masked=name.endswith("attn.scores")):  # -inf marks the future there
+            if not self._finite(value, masked=name.endswith("attn.scores")):  # -inf marks the hidden keys there
                 return name
         return None
 

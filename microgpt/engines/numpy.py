@@ -24,13 +24,14 @@ from microgpt.layout import split, stacked_qkv
 # The operations, each a forward/backward pair
 
 
-def embedding_forward(wte, wpe, tokens, positions):  # tokens (B, T), positions (T,) -> (B, T, C)
-    return wte[tokens] + wpe[positions]
+def embedding_forward(wte, wpe, tokens, positions):  # tokens (B, T), positions (T,) or None (no wpe) -> (B, T, C)
+    return wte[tokens] if positions is None else wte[tokens] + wpe[positions]
 
 
 def embedding_backward(dx, tokens, positions, dwte, dwpe):  # dx (B, T, C): each row into dwte[token], dwpe[position]
     np.add.at(dwte, tokens, dx)  # a token that occurs twice gets both gradients
-    dwpe[positions] += dx.sum(axis=0)
+    if positions is not None:
+        dwpe[positions] += dx.sum(axis=0)
 
 
 def rms_scale(x):  # (B, T, C) -> (B, T, 1): (mean(x^2) + 1e-5)^-1/2, the reference's arithmetic
@@ -78,20 +79,24 @@ def merge_heads(x):  # (B, H, T, D) -> (B, T, C)
     return x.transpose(0, 2, 1, 3).reshape(B, T, H * D)
 
 
-def attention_forward(q, k, v, n_head):
-    """Causal self-attention. q (B, Tq, C); k, v (B, Tk, C) with Tk >= Tq: the queries are the last Tq positions, so
-    query i sees keys 0 ... Tk - Tq + i. Returns out (B, Tq, C) and the scores and weights (B, H, Tq, Tk), -inf and
-    0 where the key is in the future."""
+def attention_forward(q, k, v, n_head, scale, causal, padding=None):
+    """Self-attention, scores scaled by `scale`. q (B, Tq, C); k, v (B, Tk, C) with Tk >= Tq: the queries are the last
+    Tq positions, so, causal, query i sees keys 0 ... Tk - Tq + i (else every key). padding (B, Tk), without the
+    causal mask: True at the keys that pad a shorter document, which no query may see (causal attention needs no
+    such mask: padding follows a document's tokens, so they never see it). Returns out (B, Tq, C) and the scores and
+    weights (B, H, Tq, Tk), -inf and 0 where a key is hidden."""
     Tq, Tk = q.shape[1], k.shape[1]
-    scale = ((q.shape[-1] // n_head) ** 0.5) ** -1
     scores = split_heads(q, n_head) @ split_heads(k, n_head).transpose(0, 1, 3, 2) * scale  # (B, H, Tq, Tk)
-    scores[..., np.triu(np.ones((Tq, Tk), dtype=bool), k=Tk - Tq + 1)] = -np.inf  # the future: weight 0
+    if causal:
+        scores[..., np.triu(np.ones((Tq, Tk), dtype=bool), k=Tk - Tq + 1)] = -np.inf  # the future: weight 0
+    if padding is not None:
+        scores[np.broadcast_to(padding[:, None, None, :], scores.shape)] = -np.inf
     weights = softmax(scores)
     return merge_heads(weights @ split_heads(v, n_head)), scores, weights
 
 
-def attention_backward(dout, q, k, v, weights, n_head):  # dout (B, Tq, C) -> dq (B, Tq, C), dk, dv (B, Tk, C)
-    scale = ((q.shape[-1] // n_head) ** 0.5) ** -1
+def attention_backward(dout, q, k, v, weights, n_head, scale):  # dout (B, Tq, C) -> dq (B, Tq, C), dk, dv (B, Tk, C)
+    # (the weights of hidden keys are 0, so their scores get no gradient: no mask needed here)
     q_h, k_h, v_h, g_h = (split_heads(a, n_head) for a in (q, k, v, dout))
     dw = g_h @ v_h.transpose(0, 1, 3, 2)  # (B, H, Tq, Tk): d(loss)/d(weight of key t)
     dv = weights.transpose(0, 1, 3, 2) @ g_h
@@ -144,8 +149,8 @@ class Engine(Base):
     name = "numpy"
     dtypes = ("float64", "float32")
 
-    def __init__(self, cfg, weights, dtype="float64"):
-        super().__init__(cfg, dtype)
+    def __init__(self, cfg, weights, dtype="float64", ablations=()):
+        super().__init__(cfg, dtype, ablations)
         self.p = np.array(weights, dtype=dtype)  # (P,) the weights, in the reference order
         self.g = np.zeros_like(self.p)  # (P,) their gradients
         self.m, self.v = np.zeros_like(self.p), np.zeros_like(self.p)  # (P,) Adam's moments
@@ -161,45 +166,50 @@ class Engine(Base):
         for flat, saved in zip((self.p, self.m, self.v), (weights, m, v)):
             flat[:] = np.asarray(saved)
 
-    def new_cache(self):
+    def kv_cache(self):
         """An empty key/value cache: per layer, the keys and values (1, T, C) of the positions fed."""
         empty = np.zeros((1, 0, self.cfg.n_embd), dtype=self.p.dtype)
         return [[empty, empty] for _ in range(self.cfg.n_layer)]
 
-    def forward(self, tokens, cache):
-        """Logits (T, V) after each of `tokens`, which follow the positions in `cache` and are appended to it."""
+    def forward_cached(self, tokens, cache):
         return self._forward(np.array([tokens]), cache).logits[0].tolist()
 
-    def _forward(self, tokens, cache=None, scores_too=False):
-        """The Record of a forward pass over documents, token rows (B, T) padded to one length; `cache` (for one
-        document) holds the keys and values of earlier positions, which this call extends. Attention's scores are
-        kept for a trace only: the backward needs the weights alone, and at nanoGPT's size every layer's scores of
-        a batch of 64 are 100 MB."""
-        cfg, P = self.cfg, self.params
+    def _forward(self, tokens, cache=None, scores_too=False, padding=None):
+        """The Record of a forward pass over documents, token rows (B, T) padded to one length (padding (B, T): True
+        on the padding, given when attention is not causal); `cache` (for one document) holds the keys and values of
+        earlier positions, which this call extends. Attention's scores are kept for a trace only: the backward needs
+        the weights alone, and at nanoGPT's size every layer's scores of a batch of 64 are 100 MB. A piece the model
+        lacks (self.has, microgpt/ablations.py) is skipped, or is the identity."""
+        cfg, P, has = self.cfg, self.params, self.has
         start = cache[0][0].shape[1] if cache is not None else 0
-        positions = np.arange(start, start + tokens.shape[1])
+        positions = np.arange(start, start + tokens.shape[1]) if has.position else None
         embedding = embedding_forward(P["wte"], P["wpe"], tokens, positions)  # (B, T, C)
-        x = embedding_norm = rmsnorm_forward(embedding)
+        x = embedding_norm = rmsnorm_forward(embedding) if has.rmsnorm else embedding
         layers, C = [], cfg.n_embd
         for li in range(cfg.n_layer):
             L = f"layer{li}."
-            attn_norm = rmsnorm_forward(x)
-            qkv = linear_forward(attn_norm, P[L + "attn_qkv"])  # (B, T, 3C): one product for the three
-            q, k, v = qkv[..., :C], qkv[..., C:2 * C], qkv[..., 2 * C:]
-            keys, values = k, v
-            if cache is not None:
-                keys = cache[li][0] = np.concatenate([cache[li][0], k], axis=1)
-                values = cache[li][1] = np.concatenate([cache[li][1], v], axis=1)
-            heads, scores, weights = attention_forward(q, keys, values, cfg.n_head)
-            proj = linear_forward(heads, P[L + "attn_wo"])  # (B, T, C)
-            attn_residual = proj + x
-            mlp_norm = rmsnorm_forward(attn_residual)
-            fc1 = linear_forward(mlp_norm, P[L + "mlp_fc1"])  # (B, T, 4C)
-            relu = relu_forward(fc1)
-            fc2 = linear_forward(relu, P[L + "mlp_fc2"])  # (B, T, C)
-            x = fc2 + attn_residual
-            layers.append(Layer(attn_norm, q, k, v, scores if scores_too else None, weights, heads, proj,
-                                attn_residual, mlp_norm, fc1, relu, fc2, x))
+            attention, attn_residual = (None,) * 8, x  # (no attention block: the stream passes by)
+            if has.attention:
+                attn_norm = rmsnorm_forward(x) if has.rmsnorm else x
+                qkv = linear_forward(attn_norm, P[L + "attn_qkv"])  # (B, T, 3C): one product for the three
+                q, k, v = qkv[..., :C], qkv[..., C:2 * C], qkv[..., 2 * C:]
+                keys, values = k, v
+                if cache is not None:
+                    keys = cache[li][0] = np.concatenate([cache[li][0], k], axis=1)
+                    values = cache[li][1] = np.concatenate([cache[li][1], v], axis=1)
+                heads, scores, weights = attention_forward(q, keys, values, cfg.n_head, self.attn_scale,
+                                                           has.causal_mask, padding)
+                proj = linear_forward(heads, P[L + "attn_wo"])  # (B, T, C)
+                attn_residual = proj + x if has.residual else proj
+                attention = (attn_norm, q, k, v, scores if scores_too else None, weights, heads, proj)
+            mlp, x = (None,) * 4, attn_residual  # (no MLP block: the stream passes by)
+            if has.mlp:
+                mlp_norm = rmsnorm_forward(attn_residual) if has.rmsnorm else attn_residual
+                fc1 = linear_forward(mlp_norm, P[L + "mlp_fc1"])  # (B, T, 4C)
+                relu = relu_forward(fc1) if has.relu else fc1
+                fc2 = linear_forward(relu, P[L + "mlp_fc2"])  # (B, T, C)
+                mlp, x = (mlp_norm, fc1, relu, fc2), fc2 + attn_residual if has.residual else fc2
+            layers.append(Layer(*attention, attn_residual, *mlp, x))
         return Record(embedding, embedding_norm, layers, linear_forward(x, P["lm_head"]))  # logits (B, T, V)
 
     def _loss(self, batch):
@@ -214,7 +224,7 @@ class Engine(Base):
             padded[b, :len(seq)] = seq
             counts[b, :len(seq) - 1] = 1.0
         inputs, targets = padded[:, :-1], padded[:, 1:]
-        record = self._forward(inputs)
+        record = self._forward(inputs, padding=None if self.has.causal_mask else counts == 0)
         losses, probs = cross_entropy_forward(record.logits, targets)
         loss = float((losses * counts).sum() * (1 / counts.sum()))
         return loss, inputs, record, probs, targets, counts * (1 / counts.sum())
@@ -226,27 +236,30 @@ class Engine(Base):
     @np.errstate(all="ignore")
     def loss_and_grads(self, batch):
         """The mean loss of a batch, and its gradient with respect to every weight into self.g."""
-        cfg, P, G = self.cfg, self.params, self.grads
+        cfg, P, G, has = self.cfg, self.params, self.grads, self.has
         self.g[:] = 0.0
         loss, inputs, record, probs, targets, dloss = self._loss(batch)
         dlogits = cross_entropy_backward(probs, targets, dloss)
         dx = linear_backward(dlogits, record.stream(cfg.n_layer), P["lm_head"], G["lm_head"])
         for li in reversed(range(cfg.n_layer)):
             L, layer = f"layer{li}.", record.layers[li]
-            # x_out = attn_residual + mlp_fc2(relu(mlp_fc1(rmsnorm(attn_residual)))): dx flows into both branches
-            drelu = linear_backward(dx, layer.mlp_relu, P[L + "mlp_fc2"], G[L + "mlp_fc2"])
-            dnorm = linear_backward(relu_backward(drelu, layer.mlp_fc1), layer.mlp_norm, P[L + "mlp_fc1"],
-                                    G[L + "mlp_fc1"])
-            dx = rmsnorm_backward(dnorm, layer.attn_residual) + dx
-            # attn_residual = x + attn_wo(attention(q, k, v)), where q, k, v are projections of rmsnorm(x)
-            dheads = linear_backward(dx, layer.attn_heads, P[L + "attn_wo"], G[L + "attn_wo"])
-            dq, dk, dv = attention_backward(dheads, layer.attn_q, layer.attn_k, layer.attn_v, layer.attn_weights,
-                                            cfg.n_head)
-            dqkv = np.concatenate([dq, dk, dv], axis=-1)  # (B, T, 3C), as the forward's one product made them
-            dnorm = linear_backward(dqkv, layer.attn_norm, P[L + "attn_qkv"], G[L + "attn_qkv"])
-            dx = rmsnorm_backward(dnorm, record.stream(li)) + dx
-        dx = rmsnorm_backward(dx, record.embedding)
-        embedding_backward(dx, inputs, np.arange(inputs.shape[1]), G["wte"], G["wpe"])
+            if has.mlp:  # x_out = attn_residual + mlp_fc2(relu(mlp_fc1(rmsnorm(attn_residual)))): dx into both
+                drelu = linear_backward(dx, layer.mlp_relu, P[L + "mlp_fc2"], G[L + "mlp_fc2"])
+                dfc1 = relu_backward(drelu, layer.mlp_fc1) if has.relu else drelu
+                dnorm = linear_backward(dfc1, layer.mlp_norm, P[L + "mlp_fc1"], G[L + "mlp_fc1"])
+                dbranch = rmsnorm_backward(dnorm, layer.attn_residual) if has.rmsnorm else dnorm
+                dx = dbranch + dx if has.residual else dbranch
+            if has.attention:  # attn_residual = x + attn_wo(attention(q, k, v)), q, k, v projections of rmsnorm(x)
+                dheads = linear_backward(dx, layer.attn_heads, P[L + "attn_wo"], G[L + "attn_wo"])
+                dq, dk, dv = attention_backward(dheads, layer.attn_q, layer.attn_k, layer.attn_v,
+                                                layer.attn_weights, cfg.n_head, self.attn_scale)
+                dqkv = np.concatenate([dq, dk, dv], axis=-1)  # (B, T, 3C), as the forward's one product made them
+                dnorm = linear_backward(dqkv, layer.attn_norm, P[L + "attn_qkv"], G[L + "attn_qkv"])
+                dbranch = rmsnorm_backward(dnorm, record.stream(li)) if has.rmsnorm else dnorm
+                dx = dbranch + dx if has.residual else dbranch
+        dx = rmsnorm_backward(dx, record.embedding) if has.rmsnorm else dx
+        positions = np.arange(inputs.shape[1]) if has.position else None
+        embedding_backward(dx, inputs, positions, G["wte"], G["wpe"])
         return loss
 
     def clip_grads(self, max_norm):
@@ -263,8 +276,9 @@ class Engine(Base):
     def record(self, tokens):
         """The Record of one forward pass over `tokens` (T,), every intermediate an array without the batch axis."""
         record = self._forward(np.array([tokens]), scores_too=True)
-        return Record(record.embedding[0], record.embedding_norm[0], [Layer(*(x[0] for x in layer))
-                                                                      for layer in record.layers], record.logits[0])
+        return Record(record.embedding[0], record.embedding_norm[0],
+                      [Layer(*(None if x is None else x[0] for x in layer)) for layer in record.layers],
+                      record.logits[0])
 
     # -- the engine's arithmetic for the flat arrays and the health statistics (engines/base.py) ----------------------
 

@@ -22,13 +22,16 @@ from microgpt.engines.base import Layer, Record
 # The operations, each a forward/backward pair
 
 
-def embedding_forward(wte, wpe, tokens, positions):  # tokens, positions (N,) -> (N, C)
+def embedding_forward(wte, wpe, tokens, positions):  # tokens, positions (N,) or None (no wpe) -> (N, C)
+    if positions is None:
+        return [list(wte[t]) for t in tokens]
     return [list(map(add, wte[t], wpe[p])) for t, p in zip(tokens, positions)]
 
 
 def embedding_backward(dx, tokens, positions, dwte, dwpe):  # dx (N, C): each row into dwte[token], dwpe[position]
-    for row, t, p in zip(dx, tokens, positions):
+    for row, t in zip(dx, tokens):
         dwte[t] = list(map(add, dwte[t], row))
+    for row, p in zip(dx, positions or ()):
         dwpe[p] = list(map(add, dwpe[p], row))
 
 
@@ -85,12 +88,12 @@ def softmax(z):  # (n,) -> (n,), the reference's arithmetic: exp(z - max) * (sum
     return [ei * inv for ei in e]
 
 
-def attention_forward(q, k, v, n_head):
-    """Causal self-attention of one sequence. q (Tq, C); k, v (Tk, C) with Tk >= Tq: the queries are the last Tq
-    positions (earlier keys and values come from a cache), so query i sees keys 0 ... Tk - Tq + i.
-    Returns out (Tq, C) and the scores and weights (H, Tq, Tk), -inf and 0 where the key is in the future."""
+def attention_forward(q, k, v, n_head, scale, causal):
+    """Self-attention of one sequence, scores scaled by `scale`. q (Tq, C); k, v (Tk, C) with Tk >= Tq: the queries
+    are the last Tq positions (earlier keys and values come from a cache), so, causal, query i sees keys
+    0 ... Tk - Tq + i (else every key). Returns out (Tq, C) and the scores and weights (H, Tq, Tk), -inf and 0
+    where the key is in the future."""
     D = len(q[0]) // n_head
-    scale = (D**0.5) ** -1
     out, scores, weights = [[] for _ in q], [], []
     for h in range(n_head):
         lo, hi = h * D, (h + 1) * D
@@ -98,7 +101,7 @@ def attention_forward(q, k, v, n_head):
         v_cols = list(zip(*[row[lo:hi] for row in v]))  # (D, Tk)
         scores_h, weights_h = [], []
         for i, q_row in enumerate(q):
-            q_hi, seen = q_row[lo:hi], len(k) - len(q) + 1 + i  # query i sees keys 0 ... seen - 1
+            q_hi, seen = q_row[lo:hi], len(k) - len(q) + 1 + i if causal else len(k)  # it sees keys 0 ... seen - 1
             s = [sum(map(mul, q_hi, k_t)) * scale for k_t in k_h[:seen]]
             w = softmax(s)
             out[i] += [sum(map(mul, w, v_col)) for v_col in v_cols]  # map stops at the keys seen
@@ -109,9 +112,8 @@ def attention_forward(q, k, v, n_head):
     return out, scores, weights
 
 
-def attention_backward(dout, q, k, v, weights, n_head):  # dout (Tq, C) -> dq (Tq, C), dk, dv (Tk, C)
+def attention_backward(dout, q, k, v, weights, n_head, scale, causal):  # dout (Tq, C) -> dq (Tq, C), dk, dv (Tk, C)
     D = len(q[0]) // n_head
-    scale = (D**0.5) ** -1
     Tk = len(k)
     dq, dk, dv = [[] for _ in q], [[] for _ in k], [[] for _ in k]
     for h in range(n_head):
@@ -121,7 +123,8 @@ def attention_backward(dout, q, k, v, weights, n_head):  # dout (Tq, C) -> dq (T
         k_cols = list(zip(*k_h))  # (D, Tk)
         dscores = []  # (Tq, keys seen): the gradient of each score
         for i, (g, w) in enumerate(zip(g_h, weights[h])):
-            dw = [sum(map(mul, g, v_t)) for v_t in v_h[:Tk - len(q) + 1 + i]]  # d(loss)/d(weight of key t)
+            seen = Tk - len(q) + 1 + i if causal else Tk
+            dw = [sum(map(mul, g, v_t)) for v_t in v_h[:seen]]  # d(loss)/d(weight of key t)
             centre = sum(map(mul, w, dw))  # softmax backward: ds_t = w_t * (dw_t - sum_s w_s dw_s)
             dscores.append([w_t * (dw_t - centre) * scale for w_t, dw_t in zip(w, dw)])
         for i, ds in enumerate(dscores):
@@ -173,8 +176,8 @@ class Engine(Base):
     name = "python"
     dtypes = ("float64",)
 
-    def __init__(self, cfg, weights, dtype="float64"):
-        super().__init__(cfg, dtype)
+    def __init__(self, cfg, weights, dtype="float64", ablations=()):
+        super().__init__(cfg, dtype, ablations)
         self.p = [float(x) for x in weights]  # (P,) the weights, in the reference order
         self.g = [0.0] * len(self.p)  # (P,) their gradients
         self.m, self.v = [0.0] * len(self.p), [0.0] * len(self.p)  # (P,) Adam's moments
@@ -192,47 +195,52 @@ class Engine(Base):
         self.p, self.m, self.v = ([float(x) for x in flat] for flat in (weights, m, v))
         self.params = self.matrices(self.p)
 
-    def new_cache(self):
+    def kv_cache(self):
         """An empty key/value cache: per layer, the key rows and value rows of the positions fed."""
         return [[[], []] for _ in range(self.cfg.n_layer)]
 
-    def forward(self, tokens, cache):
-        """Logits (T, V) after each of `tokens`, which follow the positions in `cache` and are appended to it."""
+    def forward_cached(self, tokens, cache):
         return self._forward([tokens], cache).logits
 
     def _forward(self, seqs, cache=None, scores_too=False):
         """The Record of a forward pass over documents (token lists) laid end to end (N rows), each attending within
         itself; `cache` (for one document) holds earlier positions' keys and values, which this call extends.
-        Attention's weights (and, for a trace only, scores: the backward does not need them) are per document."""
-        cfg, P = self.cfg, self.params
+        Attention's weights (and, for a trace only, scores: the backward does not need them) are per document.
+        A piece the model lacks (self.has, microgpt/ablations.py) is skipped, or is the identity."""
+        cfg, P, has = self.cfg, self.params, self.has
         start = len(cache[0][0]) if cache is not None else 0
         bounds = list(accumulate(map(len, seqs), initial=0))  # where each document starts and ends in the N rows
         tokens = [t for seq in seqs for t in seq]
-        positions = [start + i for seq in seqs for i in range(len(seq))]
+        positions = [start + i for seq in seqs for i in range(len(seq))] if has.position else None
         embedding = embedding_forward(P["wte"], P["wpe"], tokens, positions)  # (N, C)
-        x = embedding_norm = rmsnorm_forward(embedding)
+        x = embedding_norm = rmsnorm_forward(embedding) if has.rmsnorm else embedding
         layers, C = [], cfg.n_embd
         for li in range(cfg.n_layer):
             L = f"layer{li}."
-            attn_norm = rmsnorm_forward(x)
-            qkv = linear_forward(attn_norm, P[L + "attn_qkv"])  # (N, 3C): one product for the three
-            q, k, v = [row[:C] for row in qkv], [row[C:2 * C] for row in qkv], [row[2 * C:] for row in qkv]
-            documents = [(q[a:b], k[a:b], v[a:b]) for a, b in zip(bounds, bounds[1:])]
-            if cache is not None:  # one document: its queries see the cached keys and values too
-                cache[li] = [cache[li][0] + k, cache[li][1] + v]
-                documents = [(q, *cache[li])]
-            attended = [attention_forward(*document, cfg.n_head) for document in documents]
-            heads = [row for out, _, _ in attended for row in out]  # (N, C)
-            scores, weights = [s for _, s, _ in attended], [w for _, _, w in attended]  # per document (H, T, T)
-            proj = linear_forward(heads, P[L + "attn_wo"])  # (N, C)
-            attn_residual = matadd(proj, x)
-            mlp_norm = rmsnorm_forward(attn_residual)
-            fc1 = linear_forward(mlp_norm, P[L + "mlp_fc1"])  # (N, 4C)
-            relu = relu_forward(fc1)
-            fc2 = linear_forward(relu, P[L + "mlp_fc2"])  # (N, C)
-            x = matadd(fc2, attn_residual)
-            layers.append(Layer(attn_norm, q, k, v, scores if scores_too else None, weights, heads, proj,
-                                attn_residual, mlp_norm, fc1, relu, fc2, x))
+            attention, attn_residual = (None,) * 8, x  # (no attention block: the stream passes by)
+            if has.attention:
+                attn_norm = rmsnorm_forward(x) if has.rmsnorm else x
+                qkv = linear_forward(attn_norm, P[L + "attn_qkv"])  # (N, 3C): one product for the three
+                q, k, v = [row[:C] for row in qkv], [row[C:2 * C] for row in qkv], [row[2 * C:] for row in qkv]
+                documents = [(q[a:b], k[a:b], v[a:b]) for a, b in zip(bounds, bounds[1:])]
+                if cache is not None:  # one document: its queries see the cached keys and values too
+                    cache[li] = [cache[li][0] + k, cache[li][1] + v]
+                    documents = [(q, *cache[li])]
+                attended = [attention_forward(*document, cfg.n_head, self.attn_scale, has.causal_mask)
+                            for document in documents]
+                heads = [row for out, _, _ in attended for row in out]  # (N, C)
+                scores, weights = [s for _, s, _ in attended], [w for _, _, w in attended]  # per document (H, T, T)
+                proj = linear_forward(heads, P[L + "attn_wo"])  # (N, C)
+                attn_residual = matadd(proj, x) if has.residual else proj
+                attention = (attn_norm, q, k, v, scores if scores_too else None, weights, heads, proj)
+            mlp, x = (None,) * 4, attn_residual  # (no MLP block: the stream passes by)
+            if has.mlp:
+                mlp_norm = rmsnorm_forward(attn_residual) if has.rmsnorm else attn_residual
+                fc1 = linear_forward(mlp_norm, P[L + "mlp_fc1"])  # (N, 4C)
+                relu = relu_forward(fc1) if has.relu else fc1
+                fc2 = linear_forward(relu, P[L + "mlp_fc2"])  # (N, C)
+                mlp, x = (mlp_norm, fc1, relu, fc2), matadd(fc2, attn_residual) if has.residual else fc2
+            layers.append(Layer(*attention, attn_residual, *mlp, x))
         return Record(embedding, embedding_norm, layers, linear_forward(x, P["lm_head"]))  # logits (N, V)
 
     def _loss(self, batch):
@@ -250,35 +258,43 @@ class Engine(Base):
 
     def loss_and_grads(self, batch):
         """The mean loss of a batch, and its gradient with respect to every weight into self.g."""
-        cfg, P, C = self.cfg, self.params, self.cfg.n_embd
+        cfg, P, has = self.cfg, self.params, self.has
         G = {name: [[0.0] * cols for _ in range(rows)] for name, (_, (rows, cols)) in self.segments.items()}
         loss, inputs, record, probs, targets, dloss = self._loss(batch)
-        bounds = list(accumulate(map(len, inputs), initial=0))
         dlogits = cross_entropy_backward(probs, targets, dloss)
         dx = linear_backward(dlogits, record.stream(cfg.n_layer), P["lm_head"], G["lm_head"])
         for li in reversed(range(cfg.n_layer)):
             L, layer = f"layer{li}.", record.layers[li]
-            # x_out = attn_residual + mlp_fc2(relu(mlp_fc1(rmsnorm(attn_residual)))): dx flows into both branches
-            drelu = linear_backward(dx, layer.mlp_relu, P[L + "mlp_fc2"], G[L + "mlp_fc2"])
-            dnorm = linear_backward(relu_backward(drelu, layer.mlp_fc1), layer.mlp_norm, P[L + "mlp_fc1"],
-                                    G[L + "mlp_fc1"])
-            dx = matadd(rmsnorm_backward(dnorm, layer.attn_residual), dx)
-            # attn_residual = x + attn_wo(attention(q, k, v)), where q, k, v are projections of rmsnorm(x)
-            dheads = linear_backward(dx, layer.attn_heads, P[L + "attn_wo"], G[L + "attn_wo"])
-            dqkv = []  # (N, 3C): dq, dk and dv side by side, as the forward's one product made them
-            for a, b, weights in zip(bounds, bounds[1:], layer.attn_weights):
-                dq, dk, dv = attention_backward(dheads[a:b], layer.attn_q[a:b], layer.attn_k[a:b],
-                                                layer.attn_v[a:b], weights, cfg.n_head)
-                dqkv.extend(rq + rk + rv for rq, rk, rv in zip(dq, dk, dv))
-            dw_qkv = G[L + "attn_wq"] + G[L + "attn_wk"] + G[L + "attn_wv"]  # (3C, C): the backward renews its rows
-            dnorm = linear_backward(dqkv, layer.attn_norm, P[L + "attn_qkv"], dw_qkv)
-            G[L + "attn_wq"], G[L + "attn_wk"], G[L + "attn_wv"] = dw_qkv[:C], dw_qkv[C:2 * C], dw_qkv[2 * C:]
-            dx = matadd(rmsnorm_backward(dnorm, record.stream(li)), dx)
-        dx = rmsnorm_backward(dx, record.embedding)
-        positions = [i for seq in inputs for i in range(len(seq))]
+            if has.mlp:  # x_out = attn_residual + mlp_fc2(relu(mlp_fc1(rmsnorm(attn_residual)))): dx into both
+                drelu = linear_backward(dx, layer.mlp_relu, P[L + "mlp_fc2"], G[L + "mlp_fc2"])
+                dfc1 = relu_backward(drelu, layer.mlp_fc1) if has.relu else drelu
+                dnorm = linear_backward(dfc1, layer.mlp_norm, P[L + "mlp_fc1"], G[L + "mlp_fc1"])
+                dbranch = rmsnorm_backward(dnorm, layer.attn_residual) if has.rmsnorm else dnorm
+                dx = matadd(dbranch, dx) if has.residual else dbranch
+            if has.attention:  # attn_residual = x + attn_wo(attention(q, k, v)), q, k, v projections of rmsnorm(x)
+                dnorm = self._attention_backward(dx, layer, inputs, G, L)
+                dbranch = rmsnorm_backward(dnorm, record.stream(li)) if has.rmsnorm else dnorm
+                dx = matadd(dbranch, dx) if has.residual else dbranch
+        dx = rmsnorm_backward(dx, record.embedding) if has.rmsnorm else dx
+        positions = [i for seq in inputs for i in range(len(seq))] if has.position else None
         embedding_backward(dx, [t for seq in inputs for t in seq], positions, G["wte"], G["wpe"])
         self.g = list(chain.from_iterable(chain.from_iterable(G.values())))  # (P,) in the reference order
         return loss
+
+    def _attention_backward(self, dx, layer, inputs, G, L):
+        """From dx (N, C), the gradient of an attention block's output, the gradients of attn_wo and of q, k and v's
+        weights into G, and the gradient (N, C) of what q, k and v read (attn_norm)."""
+        P, C, bounds = self.params, self.cfg.n_embd, list(accumulate(map(len, inputs), initial=0))
+        dheads = linear_backward(dx, layer.attn_heads, P[L + "attn_wo"], G[L + "attn_wo"])
+        dqkv = []  # (N, 3C): dq, dk and dv side by side, as the forward's one product made them
+        for a, b, weights in zip(bounds, bounds[1:], layer.attn_weights):
+            dq, dk, dv = attention_backward(dheads[a:b], layer.attn_q[a:b], layer.attn_k[a:b], layer.attn_v[a:b],
+                                            weights, self.cfg.n_head, self.attn_scale, self.has.causal_mask)
+            dqkv.extend(rq + rk + rv for rq, rk, rv in zip(dq, dk, dv))
+        dw_qkv = G[L + "attn_wq"] + G[L + "attn_wk"] + G[L + "attn_wv"]  # (3C, C): the backward renews its rows
+        dnorm = linear_backward(dqkv, layer.attn_norm, P[L + "attn_qkv"], dw_qkv)
+        G[L + "attn_wq"], G[L + "attn_wk"], G[L + "attn_wv"] = dw_qkv[:C], dw_qkv[C:2 * C], dw_qkv[2 * C:]
+        return dnorm
 
     def clip_grads(self, max_norm):
         norm = math.sqrt(sum(g * g for g in self.g))
@@ -294,5 +310,6 @@ class Engine(Base):
         """The Record of one forward pass over `tokens` (T,), every intermediate as nested lists."""
         record = self._forward([tokens], scores_too=True)  # one document: its attention is the first
         return record._replace(layers=[layer._replace(attn_scores=layer.attn_scores[0],
-                                                      attn_weights=layer.attn_weights[0]) for layer in record.layers])
+                                                      attn_weights=layer.attn_weights[0])
+                                       if layer.attn_weights is not None else layer for layer in record.layers])
 

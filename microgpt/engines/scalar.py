@@ -14,8 +14,8 @@ class Engine(Base):
     dtypes = ("float64",)
     eval_batch = 1  # a document's graph takes ~0.2 s: a signal waits at most that long in an evaluation
 
-    def __init__(self, cfg, weights, dtype="float64"):
-        super().__init__(cfg, dtype)
+    def __init__(self, cfg, weights, dtype="float64", ablations=()):  # (engines.create refuses ablations here)
+        super().__init__(cfg, dtype, ablations)
         self.params = atomic.to_values({name: [[float(x) for x in part[r * cols:(r + 1) * cols]] for r in range(rows)]
                                         for name, ((rows, cols), part) in split(weights, cfg).items()})
         self.values = [p for mat in self.params.values() for row in mat for p in row]  # (P,) reference order
@@ -34,10 +34,10 @@ class Engine(Base):
             value.data = float(x)
         self.m, self.v = [float(x) for x in m], [float(x) for x in v]
 
-    def new_cache(self):
+    def kv_cache(self):
         return [[] for _ in range(self.cfg.n_layer)], [[] for _ in range(self.cfg.n_layer)]
 
-    def forward(self, tokens, cache):
+    def forward_cached(self, tokens, cache):
         keys, values = cache
         start = len(keys[0])
         return [[logit.data for logit in atomic.gpt(token, start + i, keys, values, self.params, self.cfg)]

@@ -48,9 +48,9 @@ def causal_mask(Tq, Tk, device):  # (Tq, Tk) True where query i may see key t: t
     return torch.ones(Tq, Tk, dtype=torch.bool, device=device).tril(diagonal=Tk - Tq)
 
 
-def attention_scores(q, k):  # (B, H, Tq, D), (B, H, Tk, D) -> (B, H, Tq, Tk): q.k / sqrt(D), -inf on the future
-    scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** 0.5) ** -1
-    return scores.masked_fill(~causal_mask(q.shape[2], k.shape[2], q.device), float("-inf"))
+def attention_scores(q, k, scale, visible):  # (B, H, Tq, D), (B, H, Tk, D) -> (B, H, Tq, Tk): q.k * scale, -inf
+    scores = (q @ k.transpose(-2, -1)) * scale  # where `visible` (broadcast to it; None: every key) is False
+    return scores if visible is None else scores.masked_fill(~visible, float("-inf"))
 
 
 def softmax(z):  # along the last axis, the reference's arithmetic: exp(z - max) * (sum)^-1
@@ -59,71 +59,96 @@ def softmax(z):  # along the last axis, the reference's arithmetic: exp(z - max)
 
 
 class GPT(nn.Module):
-    def __init__(self, cfg, weights, attention="manual"):
-        """The model whose parameters are views into `weights`, a flat tensor (P,) in the reference order."""
+    def __init__(self, cfg, weights, attention, has, attn_scale):
+        """The model whose parameters are views into `weights`, a flat tensor (P,) in the reference order; `has`: its
+        pieces (microgpt/ablations.py), attn_scale what attention multiplies q.k by (engines/base.py)."""
         super().__init__()
-        self.cfg, self.attention = cfg, attention
+        self.cfg, self.attention, self.has, self.attn_scale = cfg, attention, has, attn_scale
         views = {name: part.view(shape) for name, (shape, part) in split(weights, cfg).items()}
         self.wte, self.wpe, self.lm_head = (nn.Parameter(views[name]) for name in ("wte", "wpe", "lm_head"))
         for i in range(cfg.n_layer):  # one block's weights, named layer0.attn_wq, ...
             self.add_module(f"layer{i}", nn.ParameterDict({name.split(".")[1]: nn.Parameter(view) for name, view in
                                                            views.items() if name.startswith(f"layer{i}.")}))
 
-    def forward(self, tokens, cache=None):
+    def forward(self, tokens, cache=None, padding=None):
         """Logits (B, T, V) for tokens (B, T) at the positions after those in `cache` (per layer, keys and values
-        (B, H, T', D), which this call extends), or from position 0 without one."""
-        cfg, H = self.cfg, self.cfg.n_head
+        (B, H, T', D), which this call extends), or from position 0 without one; padding (B, T), without the causal
+        mask: True on the padding, which attention must hide. A piece the model lacks is skipped (a block, wpe)
+        or the identity (norm, residual, activation)."""
+        cfg, H, has = self.cfg, self.cfg.n_head, self.has
         start = cache[0][0].shape[2] if cache and cache[0] else 0
-        x = self.wte[tokens] + self.wpe[start:start + tokens.shape[1]]  # token + position embedding (B, T, C)
-        x = rmsnorm(x)
+        x = self.wte[tokens]  # token embedding (B, T, C)
+        if has.position:
+            x = x + self.wpe[start:start + tokens.shape[1]]  # + position embedding
+        x = self.norm(x)
         for li in range(cfg.n_layer):
             layer = getattr(self, f"layer{li}")
-            # Attention: each head looks back over the cached positions and takes a weighted mix.
-            x_residual = x
-            x = rmsnorm(x)
-            q, k, v = (split_heads(x @ w.T, H) for w in (layer.attn_wq, layer.attn_wk, layer.attn_wv))  # (B, H, T, D)
-            if cache is not None:
-                if cache[li]:
-                    k, v = torch.cat([cache[li][0], k], dim=2), torch.cat([cache[li][1], v], dim=2)
-                cache[li] = (k, v)
-            x = merge_heads(self.attend(q, k, v)) @ layer.attn_wo.T  # (B, T, C)
-            x = x + x_residual
-            # MLP: widen to 4C, keep the positive part, project back; again added to the residual.
-            x_residual = x
-            x = rmsnorm(x)
-            x = torch.relu(x @ layer.mlp_fc1.T)  # (B, T, 4C)
-            x = x @ layer.mlp_fc2.T  # (B, T, C)
-            x = x + x_residual
+            if has.attention:  # each head looks back over the cached positions and takes a weighted mix
+                x_residual = x
+                x = self.norm(x)
+                q, k, v = (split_heads(x @ w.T, H) for w in (layer.attn_wq, layer.attn_wk, layer.attn_wv))  # (B,H,T,D)
+                if cache is not None:
+                    if cache[li]:
+                        k, v = torch.cat([cache[li][0], k], dim=2), torch.cat([cache[li][1], v], dim=2)
+                    cache[li] = (k, v)
+                x = merge_heads(self.attend(q, k, v, padding)) @ layer.attn_wo.T  # (B, T, C)
+                x = self.residual(x, x_residual)
+            if has.mlp:  # widen to 4C, keep the positive part, project back; again added to the residual
+                x_residual = x
+                x = self.norm(x)
+                x = self.activation(x @ layer.mlp_fc1.T)  # (B, T, 4C)
+                x = x @ layer.mlp_fc2.T  # (B, T, C)
+                x = self.residual(x, x_residual)
         return x @ self.lm_head.T  # (B, T, V)
 
-    def attend(self, q, k, v):  # (B, H, Tq, D) of causal attention: the fused kernel, or spelled out
+    def norm(self, x):  # rmsnorm, or the identity (--ablate rmsnorm)
+        return rmsnorm(x) if self.has.rmsnorm else x
+
+    def residual(self, branch, stream):  # a block's output added to the stream, or replacing it (--ablate residual)
+        return branch + stream if self.has.residual else branch
+
+    def activation(self, x):  # ReLU, or the identity (--ablate relu)
+        return torch.relu(x) if self.has.relu else x
+
+    def visible(self, Tq, Tk, padding, device):  # True where a query may see a key: (Tq, Tk), (B, 1, 1, Tk) or None
+        if self.has.causal_mask:
+            return causal_mask(Tq, Tk, device)
+        return None if padding is None else ~padding[:, None, None, :]
+
+    def attend(self, q, k, v, padding=None):  # (B, H, Tq, D) of attention: the fused kernel, or spelled out
+        visible = self.visible(q.shape[2], k.shape[2], padding, q.device)
         if self.attention == "sdpa":
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(q.shape[2], k.shape[2], q.device))
-        return softmax(attention_scores(q, k)) @ v
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, scale=self.attn_scale)
+        return softmax(attention_scores(q, k, self.attn_scale, visible)) @ v
 
     def record(self, tokens):
         """The Record of one forward pass over tokens (T,): GPT.forward's steps again, each kept under its trace name
         (attention spelled out); tests/test_torch.py holds its logits to forward's."""
-        H = self.cfg.n_head
-        embedding = self.wte[tokens] + self.wpe[:len(tokens)]  # (T, C)
-        x = embedding_norm = rmsnorm(embedding)
+        H, has = self.cfg.n_head, self.has
+        embedding = self.wte[tokens] + self.wpe[:len(tokens)] if has.position else self.wte[tokens]  # (T, C)
+        x = embedding_norm = self.norm(embedding)
         layers = []
         for li in range(self.cfg.n_layer):
             layer = getattr(self, f"layer{li}")
-            attn_norm = rmsnorm(x)
-            q, k, v = (attn_norm @ w.T for w in (layer.attn_wq, layer.attn_wk, layer.attn_wv))  # (T, C)
-            scores = attention_scores(*(split_heads(t[None], H) for t in (q, k)))[0]  # (H, T, T)
-            weights = softmax(scores)
-            heads = merge_heads((weights @ split_heads(v[None], H)[0])[None])[0]  # (T, C)
-            proj = heads @ layer.attn_wo.T
-            attn_residual = proj + x
-            mlp_norm = rmsnorm(attn_residual)
-            fc1 = mlp_norm @ layer.mlp_fc1.T  # (T, 4C)
-            relu = torch.relu(fc1)
-            fc2 = relu @ layer.mlp_fc2.T  # (T, C)
-            x = fc2 + attn_residual
-            layers.append(Layer(attn_norm, q, k, v, scores, weights, heads, proj, attn_residual, mlp_norm, fc1, relu,
-                                fc2, x))
+            attention, attn_residual = (None,) * 8, x  # (no attention block: the stream passes by)
+            if has.attention:
+                attn_norm = self.norm(x)
+                q, k, v = (attn_norm @ w.T for w in (layer.attn_wq, layer.attn_wk, layer.attn_wv))  # (T, C)
+                visible = self.visible(len(tokens), len(tokens), None, tokens.device)
+                scores = attention_scores(*(split_heads(t[None], H) for t in (q, k)), self.attn_scale, visible)[0]
+                weights = softmax(scores)  # (H, T, T)
+                heads = merge_heads((weights @ split_heads(v[None], H)[0])[None])[0]  # (T, C)
+                proj = heads @ layer.attn_wo.T
+                attn_residual = self.residual(proj, x)
+                attention = (attn_norm, q, k, v, scores, weights, heads, proj)
+            mlp, x = (None,) * 4, attn_residual  # (no MLP block: the stream passes by)
+            if has.mlp:
+                mlp_norm = self.norm(attn_residual)
+                fc1 = mlp_norm @ layer.mlp_fc1.T  # (T, 4C)
+                relu = self.activation(fc1)
+                fc2 = relu @ layer.mlp_fc2.T  # (T, C)
+                mlp, x = (mlp_norm, fc1, relu, fc2), self.residual(fc2, attn_residual)
+            layers.append(Layer(*attention, attn_residual, *mlp, x))
         return Record(embedding, embedding_norm, layers, x @ self.lm_head.T)
 
 
@@ -143,8 +168,8 @@ class Engine(Base):
     name = "torch"
     dtypes = ("float64", "float32", "bfloat16")
 
-    def __init__(self, cfg, weights, dtype="float64", device=None, attention="manual", compile=False):
-        super().__init__(cfg, dtype)
+    def __init__(self, cfg, weights, dtype="float64", ablations=(), device=None, attention="manual", compile=False):
+        super().__init__(cfg, dtype, ablations)
         gpu = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
         self.device = torch.device(device or gpu)
         distributed = launched_processes() > 1
@@ -159,7 +184,7 @@ class Engine(Base):
         self.p = torch.as_tensor(np.asarray(weights, dtype=np.float64)).to(self.device, self.dtype)  # (P,) weights
         self.g = torch.zeros_like(self.p)  # (P,) their gradients
         self.m, self.v = torch.zeros_like(self.p), torch.zeros_like(self.p)  # (P,) Adam's moments
-        self.model = GPT(cfg, self.p, attention)
+        self.model = GPT(cfg, self.p, attention, self.has, self.attn_scale)
         grads = split(self.g, cfg)
         for name, param in self.model.named_parameters():  # autograd adds into these views of the gradients
             param.grad = grads[name][1].view(grads[name][0])
@@ -179,11 +204,11 @@ class Engine(Base):
         for flat, saved in zip((self.p, self.m, self.v), (weights, m, v)):
             flat.copy_(torch.as_tensor(np.asarray(saved)))
 
-    def new_cache(self):
+    def kv_cache(self):
         return [None] * self.cfg.n_layer
 
     @torch.no_grad()
-    def forward(self, tokens, cache):
+    def forward_cached(self, tokens, cache):
         with self._autocast():
             return self.model(torch.tensor([tokens], device=self.device), cache)[0].double().cpu().tolist()
 
@@ -200,8 +225,8 @@ class Engine(Base):
 
     def _token_loss_sum(self, module, batch):
         inputs, targets = self._tensors(batch)
-        with self._autocast():
-            logits = module(inputs)
+        with self._autocast():  # (attention that is not causal must hide the padding: where the target is -1)
+            logits = module(inputs, padding=None if self.has.causal_mask else targets == -1)
         logits = logits.float() if self.autocast else logits
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1, reduction="sum")
 
