@@ -51,6 +51,13 @@ def test_fused_attention_kernel_computes_the_same_attention():
     assert_close(loss_and_grads(attention="sdpa"), loss_and_grads(), 1e-12)
 
 
+@pytest.mark.parametrize("ablations", [("attn-scale",), ("causal-mask",), ("attn-scale", "causal-mask")],
+                         ids="+".join)
+def test_fused_attention_kernel_computes_the_same_attention_without_its_scale_or_mask(ablations):
+    # without the mask the kernel must hide the padding of the shorter documents (attn_mask from the targets)
+    assert_close(loss_and_grads(attention="sdpa", ablations=ablations), loss_and_grads(ablations=ablations), 1e-12)
+
+
 def test_padding_to_the_block_changes_nothing():
     # what --compile does (one shape for every batch): the padding is masked out of the loss, and causal
     # attention keeps it from every real token, so the loss and every gradient are the same

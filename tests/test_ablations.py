@@ -1,0 +1,152 @@
+"""Ablations: every engine computes the same numbers without each piece (numpy and torch against the python engine, at
+1e-12 in float64, with the tolerances of tests/test_engines.py), the python engine's gradients are the loss's
+(finite differences), and each ablation does what its name says."""
+import dataclasses
+import math
+import random
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from test_engines import FAST, max_relative_difference, models_and_batches, worst_tensor
+
+from microgpt import atomic, engines
+from microgpt.ablations import ABLATIONS, problem
+from microgpt.initialisation import reference_weights
+from microgpt.layout import segments
+from microgpt.trace import nested, trace
+
+SINGLE = [(name,) for name in ABLATIONS]
+TOGETHER = [("rmsnorm", "residual", "position", "attn-scale", "relu", "causal-mask"), ("attention", "mlp")]
+ARRAY_ENGINES = [p for p in FAST if p.values[0] != "python"]
+CFG = atomic.GPTConfig(vocab_size=6, block_size=6, n_layer=2, n_embd=8, n_head=2)
+
+
+def model(ablations, name="python", seed=5, std=0.5, cfg=CFG):
+    return engines.create(name, cfg, reference_weights(cfg, random.Random(seed), std=std), ablations=ablations)
+
+
+@pytest.mark.parametrize("ablations", SINGLE + TOGETHER, ids="+".join)
+@pytest.mark.parametrize("name", ARRAY_ENGINES)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=models_and_batches())
+def test_every_engine_computes_the_python_engines_numbers_without_each_piece(name, ablations, case):
+    cfg, batch, seed = case
+    weights = reference_weights(cfg, random.Random(seed))
+    reference = engines.create("python", cfg, weights, ablations=ablations)
+    engine = engines.create(name, cfg, weights, ablations=ablations)
+    seq = batch[-1][:cfg.block_size]
+    logits = max_relative_difference(engine.forward(seq, engine.new_cache()),
+                                     reference.forward(seq, reference.new_cache()))
+    assert logits <= 1e-12, f"logits differ by {logits:.2e}"
+    want, got = reference.loss_and_grads(batch), engine.loss_and_grads(batch)
+    assert abs(got - want) <= 1e-12 * abs(want), f"loss {got!r} vs python {want!r}"
+    tensor, difference = worst_tensor(engine.gradients(), reference.gradients(), cfg)
+    assert difference <= 1e-12, f"{tensor} gradient differs by {difference:.2e}"
+
+
+@pytest.mark.parametrize("ablations", SINGLE + TOGETHER, ids="+".join)
+def test_the_python_engines_gradient_is_the_losss_without_each_piece(ablations):
+    # central differences with h = 1e-6: truncation ~h^2 and rounding ~1e-16 / h, both far below 1e-6
+    engine, batch, h = model(ablations, std=0.3), [[5, 0, 3, 3, 1, 5], [5, 2, 4, 5]], 1e-6
+    engine.loss_and_grads(batch)
+    grads, weights, rng = engine.gradients(), list(engine.weights()), random.Random(0)
+    for name, (start, (rows, cols)) in segments(CFG).items():
+        for i in rng.sample(range(start, start + rows * cols), 3):
+            losses = []
+            for shifted in (weights[i] + h, weights[i] - h):
+                changed = [*weights[:i], shifted, *weights[i + 1:]]
+                losses.append(engines.create("python", CFG, changed, ablations=ablations).loss(batch))
+            numerical = (losses[0] - losses[1]) / (2 * h)
+            assert abs(grads[i] - numerical) <= 1e-6 * max(1.0, abs(numerical)), (name, grads[i], numerical)
+
+
+@pytest.mark.parametrize(("ablation", "unused"), [("position", ("wpe",)), ("attention", ("attn_",)),
+                                                  ("mlp", ("mlp_",))])
+def test_the_weights_of_a_piece_taken_out_get_no_gradient(ablation, unused):
+    engine = model((ablation,))
+    engine.loss_and_grads([[5, 0, 3, 3, 1, 5]])
+    grads = engine.gradients()
+    for name, (start, (rows, cols)) in segments(CFG).items():
+        part = grads[start:start + rows * cols]
+        assert (max(map(abs, part)) == 0) == any(piece in name for piece in unused), name
+
+
+def traced(ablations, tokens=(5, 0, 3, 1), name="python"):
+    return {key: nested(*value) for key, value in trace(model(ablations, name), list(tokens)).items()}
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_each_ablation_changes_what_its_name_says_in_the_trace(name):
+    full, D = traced((), name=name), CFG.n_embd // CFG.n_head
+    assert traced(("rmsnorm",), name=name)["layer0.attn.norm"] == traced(("rmsnorm",), name=name)["embedding"]
+    no_residual = traced(("residual",), name=name)
+    assert no_residual["layer0.attn.residual"] == no_residual["layer0.attn.proj"]
+    assert no_residual["layer0.mlp.residual"] == no_residual["layer0.mlp.fc2"]
+    no_relu = traced(("relu",), name=name)
+    assert no_relu["layer1.mlp.relu"] == no_relu["layer1.mlp.fc1"] and min(map(min, no_relu["layer1.mlp.fc1"])) < 0
+    unscaled = traced(("attn-scale",), name=name)["layer0.attn.scores"]  # layer 0 reads the same q and k
+    assert max(abs(a - b * math.sqrt(D)) for h, rows in enumerate(unscaled) for i, row in enumerate(rows)
+               for j, (a, b) in enumerate(zip(row, full["layer0.attn.scores"][h][i])) if j <= i) < 1e-12
+    assert -math.inf not in traced(("causal-mask",), name=name)["layer0.attn.scores"][0][0]
+    no_attention, no_mlp = traced(("attention",), name=name), traced(("mlp",), name=name)
+    assert [key for key in no_attention if ".attn." in key] == ["layer0.attn.residual", "layer1.attn.residual"]
+    assert no_attention["layer0.attn.residual"] == no_attention["embedding.norm"]  # the stream passes by
+    assert [key for key in no_mlp if ".mlp." in key] == ["layer0.mlp.residual", "layer1.mlp.residual"]
+    assert no_mlp["layer0.mlp.residual"] == no_mlp["layer0.attn.residual"]
+    assert {key for key in full if key.startswith("layer0.")} == {
+        f"layer0.{part}" for part in ("attn.norm", "attn.q", "attn.k", "attn.v", "attn.scores", "attn.weights",
+                                      "attn.heads", "attn.proj", "attn.residual", "mlp.norm", "mlp.fc1", "mlp.relu",
+                                      "mlp.fc2", "mlp.residual")}
+
+
+def last_logits(engine, tokens):
+    return engine.forward(tokens, engine.new_cache())[-1]
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_without_position_the_context_is_a_set_and_without_attention_each_token_alone(name):
+    # no wpe: attention mixes the earlier tokens by weights that do not know their order (in one layer: in two, an
+    # earlier position's keys depend on the tokens before it)
+    for ablations, same in (((), False), (("position",), True)):
+        engine = model(ablations, name, cfg=dataclasses.replace(CFG, n_layer=1))
+        assert (max_relative_difference([last_logits(engine, [5, 0, 3, 1])],
+                                        [last_logits(engine, [5, 3, 0, 1])]) < 1e-12) == same
+    engine = model(("attention",), name)  # no attention: a position reads its own token (and position) alone
+    assert max_relative_difference([last_logits(engine, [5, 0, 3, 1])], [last_logits(engine, [2, 4, 0, 1])]) < 1e-12
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_without_the_causal_mask_a_position_reads_the_future(name):
+    # the first position's logits move when a later token changes: the future leaks into them
+    for ablations, leaks in (((), False), (("causal-mask",), True)):
+        first = [traced(ablations, tokens, name)["logits"][0] for tokens in ([5, 0, 3, 1], [5, 0, 3, 2])]
+        assert (first[0] != first[1]) == leaks
+
+
+@pytest.mark.parametrize("ablations", [("causal-mask",), ("attention",), ("attention", "position")], ids="+".join)
+@pytest.mark.parametrize("name", FAST)
+def test_sampling_runs_the_whole_context_when_keys_cannot_be_kept(name, ablations):
+    # tokens fed one at a time get the logits of the context so far; tokens fed together, those of the whole
+    # context (without the causal mask, earlier positions of it read the later ones)
+    engine, tokens = model(ablations, name), [5, 0, 3, 3, 1, 2]
+    cache = engine.new_cache()
+    one_by_one = [engine.forward([t], cache)[0] for t in tokens[:2]]
+    assert max_relative_difference(one_by_one, [last_logits(engine, tokens[:i + 1]) for i in range(2)]) <= 1e-14
+    together = engine.forward(tokens[2:], cache)
+    assert max_relative_difference(together, engine.forward(tokens, engine.new_cache())[2:]) <= 1e-14
+
+
+def test_the_scalar_engine_has_no_switches():
+    with pytest.raises(engines.UserError, match="--ablate needs --engine python, numpy or torch"):
+        model(("mlp",), "scalar")
+
+
+@pytest.mark.parametrize(("names", "says"), [
+    (["norm"], "unknown ablation 'norm'; choose from {rmsnorm,residual,position,attn-scale,attention,mlp,relu,"
+               "causal-mask}"),
+    (["mlp", "rmsnorm"], "not in the order of --help"), (["mlp", "mlp"], "repeated"),
+    (["attn-scale", "attention"], "attn-scale changes the attention blocks, which attention removes"),
+    (["mlp", "relu"], "relu changes the mlp blocks, which mlp removes")])
+def test_problems_with_a_list_of_ablations_are_named(names, says):
+    assert says in problem(names)
+    assert problem(list(ABLATIONS)[:4]) is None
