@@ -13,13 +13,13 @@ from typing import NamedTuple
 
 ABLATIONS = {  # name: what taking it out does (one line of `train --help` each)
     "rmsnorm": "every rmsnorm becomes the identity",
-    "residual": "each block's output replaces the stream instead of being added to it",
-    "position": "no position embedding (wpe unused)",
-    "attn-scale": "attention scores not divided by sqrt(head_dim)",
+    "residual": "each block's output replaces the stream",
+    "position": "no position embedding",
+    "attn-scale": "scores not divided by sqrt(head_dim)",
     "attention": "the attention blocks removed",
     "mlp": "the MLP blocks removed",
     "relu": "the MLP without its non-linearity",
-    "causal-mask": "every position sees its whole document, the future too (sampling cannot: see the samples)",
+    "causal-mask": "positions see the future: the loss cheats",
 }
 INSIDE = {"attn-scale": "attention", "causal-mask": "attention", "relu": "mlp"}  # a change to a block, by block
 

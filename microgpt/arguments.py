@@ -5,6 +5,14 @@ import argparse
 from microgpt.engines import ENGINES
 
 
+class Formatter(argparse.HelpFormatter):
+    """argparse's help, where a newline in a help text starts a new line: a list, one item to a line."""
+
+    def _split_lines(self, text, width):
+        split = super()._split_lines  # (a comprehension has no super() of its own)
+        return [line for part in text.splitlines() for line in split(part, width)]
+
+
 def number(text, kind=float):  # an argparse type's first step: the text as a number, or why not
     try:
         return kind(text)

@@ -3,13 +3,16 @@
 Row by row: the scalar reference's gradient against central finite differences, then, for every installed engine
 against the scalar reference from identical weights, the largest differences in the logits, the loss, each
 gradient tensor and a 20-step Adam trajectory, each with its tolerance and PASS or FAIL. The exit code is 1 if any
-row fails. The tolerances are the test suite's (tests/test_engines.py says why).
+row fails. The tolerances are the test suite's (tests/test_engines.py says why). A model trained with ablations is
+checked the same way with the python engine as the reference (the scalar engine, the atomic file, has every
+piece), as tests/test_ablations.py does.
 """
 import random
 import sys
 from array import array
 
 from microgpt import atomic, engines
+from microgpt.ablations import describe
 from microgpt.datasets import Dataset
 from microgpt.initialisation import reference_weights
 from microgpt.layout import param_count, segments, split
@@ -29,12 +32,12 @@ def max_absolute_difference(got, want):
     return max(abs(a - b) for a, b in zip(got, want))
 
 
-def finite_difference_rows(cfg, weights, batch, per_tensor, rng):
-    """The scalar gradient of up to per_tensor weights of each tensor against (f(w+h) - f(w-h)) / 2h."""
-    scalar = engines.create("scalar", cfg, weights)
-    scalar.loss_and_grads(batch)
-    grads, weights = scalar.gradients(), array("d", weights)
-    loss_engine = engines.fastest() if param_count(cfg) > FAST_ENOUGH else "scalar"
+def finite_difference_rows(cfg, weights, batch, per_tensor, rng, reference="scalar", ablations=()):
+    """The reference's gradient of up to per_tensor weights of each tensor against (f(w+h) - f(w-h)) / 2h."""
+    engine = engines.create(reference, cfg, weights, ablations=ablations)
+    engine.loss_and_grads(batch)
+    grads, weights = engine.gradients(), array("d", weights)
+    loss_engine = engines.fastest() if param_count(cfg) > FAST_ENOUGH else reference
     rows = []
     for name, (start, shape) in segments(cfg).items():
         size, worst_abs, worst_rel = shape[0] * shape[1], 0.0, 0.0
@@ -42,7 +45,7 @@ def finite_difference_rows(cfg, weights, batch, per_tensor, rng):
             x, values = weights[i], []
             for shifted in (x + H, x - H):
                 weights[i] = shifted
-                values.append(engines.create(loss_engine, cfg, weights).loss(batch))
+                values.append(engines.create(loss_engine, cfg, weights, ablations=ablations).loss(batch))
             weights[i] = x
             numerical = (values[0] - values[1]) / (2 * H)
             error = abs(grads[i] - numerical)
@@ -51,9 +54,9 @@ def finite_difference_rows(cfg, weights, batch, per_tensor, rng):
     return rows, loss_engine
 
 
-def run_engine(name, cfg, weights, batch, steps=20):
+def run_engine(name, cfg, weights, batch, ablations=(), steps=20):
     """What the rows compare: logits of one sequence, loss and gradients of the batch, a loss trajectory."""
-    engine = engines.create(name, cfg, weights)
+    engine = engines.create(name, cfg, weights, ablations=ablations)
     seq = batch[0][:cfg.block_size]
     logits = [x for row in engine.forward(seq, engine.new_cache()) for x in row]
     loss = engine.loss_and_grads(batch)
@@ -82,24 +85,26 @@ def check_command(args):
     rng = random.Random(args.seed)
     if args.source:
         model, tok, meta, path = open_model(args.source, "python")
-        cfg, weights = model.cfg, model.weights()
-        what = f"{path} (step {meta['step']})"
+        cfg, weights, ablations = model.cfg, model.weights(), tuple(meta["settings"]["ablate"])
+        what = f"{path} (step {meta['step']}{f', {describe(ablations)}' if ablations else ''})"
     else:
         data_rng = random.Random(42)
         tok = Dataset("names", None, data_rng).tokenizer
         cfg = atomic.GPTConfig(vocab_size=tok.vocab_size)
         weights, what = reference_weights(cfg, data_rng), "a fresh model (the reference's size and initialisation)"
+        ablations = ()
+    reference = "python" if ablations else "scalar"
     bos = tok.bos
     batch = [[bos] + [rng.randrange(bos) for _ in range(rng.randint(2, 8))] + [bos] for _ in range(2)]
     w = sys.stdout
     w.write(f"check of {what}: {param_count(cfg):,} parameters, a batch of 2 random documents\n")
-    rows, loss_engine = finite_difference_rows(cfg, weights, batch, args.per_tensor, rng)
-    w.write(f"finite differences: {args.per_tensor} weights per tensor, h = {H}, the loss from the "
-            f"{loss_engine} engine\n")
-    reference = run_engine("scalar", cfg, weights, batch)
+    rows, loss_engine = finite_difference_rows(cfg, weights, batch, args.per_tensor, rng, reference, ablations)
+    w.write(f"finite differences of the {reference} engine's gradient: {args.per_tensor} weights per tensor, "
+            f"h = {H}, the loss from the {loss_engine} engine\n")
+    want = run_engine(reference, cfg, weights, batch, ablations)
     for name in engines.installed():
-        if name != "scalar":
-            rows += engine_rows(name, cfg, run_engine(name, cfg, weights, batch), reference)
+        if name not in ("scalar", reference):
+            rows += engine_rows(name, cfg, run_engine(name, cfg, weights, batch, ablations), want)
     w.write(f"{'what':<46}{'max abs':>11}{'max rel':>11}{'tolerance':>11}  result\n")
     failed = 0
     for kind, label, absolute, relative in rows:

@@ -11,7 +11,7 @@ import os
 import sys
 
 from microgpt import __version__
-from microgpt.arguments import add_engine, add_prompt, add_source, number_in, positive_number, whole_number
+from microgpt.arguments import Formatter, add_engine, add_prompt, add_source, number_in, positive_number, whole_number
 from microgpt.errors import UserError
 from microgpt.settings import add_train_options
 from microgpt.signals import Stopped, stopping_at_once
@@ -127,7 +127,7 @@ def build_parser():
     parser.add_argument("--version", action="version", version=f"microgpt {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     for name, (help_text, description, add_options, target) in COMMANDS.items():
-        p = commands.add_parser(name, help=help_text, description=description)
+        p = commands.add_parser(name, help=help_text, description=description, formatter_class=Formatter)
         add_options(p)
         p.set_defaults(target=target)
     return parser

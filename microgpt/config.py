@@ -52,12 +52,13 @@ class RunSettings:
     eval_windows: int = 256  # held-out windows of a stream at intermediate evaluations (all at the end)
     log_every: int = 100
     health: bool = False  # print a health line at every logged step (it is always in the log)
+    ablate: tuple = ()  # the pieces taken out of the model (microgpt/ablations.py), in the order of ABLATIONS
 
     def fixed(self):
         """The settings a resumed run must share with the run it continues, as plain data."""
         return {"data": self.data, "format": self.format, "model": self.model, "train": asdict(self.train),
                 "dtype": self.dtype, "tokenizer": self.tokenizer, "vocab_size": self.vocab_size,
-                "presplit": self.presplit}
+                "presplit": self.presplit, "ablate": list(self.ablate)}
 
     def tokenizer_spec(self):
         return ("char",) if self.tokenizer == "char" else ("bpe", self.vocab_size, self.presplit)

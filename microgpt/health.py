@@ -47,6 +47,7 @@ def summary(stats):
     line = (f"  health: gradient norm {stats['grad_norm']:.3g}; largest update/weight "
             f"{tensors[worst]['update_ratio']:.2e} ({worst})")
     if stats["layers"]:
-        line += ("; per layer activation rms " + ", ".join(f"{x['activation_rms']:.2f}" for x in stats["layers"])
-                 + ", dead relu " + ", ".join(f"{x['dead_relu']:.0%}" for x in stats["layers"]))
+        line += "; per layer activation rms " + ", ".join(f"{x['activation_rms']:.2f}" for x in stats["layers"])
+        if stats["layers"][0]["dead_relu"] is not None:  # (a model without its MLP has no ReLU)
+            line += ", dead relu " + ", ".join(f"{x['dead_relu']:.0%}" for x in stats["layers"])
     return line

@@ -32,4 +32,5 @@ def open_model(source, engine_name=None, which="best"):
     name = engine_name or engines.fastest()
     # the run's dtype where this engine has it (float32 on numpy), else float64, which every engine has
     dtype = meta["settings"]["dtype"] if meta["settings"]["dtype"] in engines.dtypes(name) else "float64"
-    return engines.create(name, cfg, weights, dtype), from_metadata(meta["tokenizer"]), meta, path
+    engine = engines.create(name, cfg, weights, dtype, ablations=meta["settings"]["ablate"])
+    return engine, from_metadata(meta["tokenizer"]), meta, path

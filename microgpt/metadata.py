@@ -12,7 +12,7 @@ import reprlib
 import string
 from dataclasses import fields
 
-from microgpt import atomic
+from microgpt import ablations, atomic
 from microgpt.checkpoint import VERSION, is_whole
 from microgpt.config import ATTENTIONS, DEVICES, DTYPES, MODEL_FIELDS, TrainConfig
 from microgpt.datasets import FORMATS
@@ -82,7 +82,9 @@ SCHEMA = {
     "settings": {"data": TEXT, "format": one_of(*FORMATS, None),
                  "model": {name: whole(1) for name in MODEL_FIELDS}, "train": TRAIN,
                  "dtype": one_of(*DTYPES), "tokenizer": one_of(*TOKENIZERS),
-                 "vocab_size": whole(1), "presplit": FLAG},
+                 "vocab_size": whole(1), "presplit": FLAG,
+                 "ablate": (lambda x: isinstance(x, list) and all(isinstance(name, str) for name in x)
+                            and ablations.problem(x) is None, "a list of ablations in the order of train --help")},
     "vocab_size": whole(2),
     "tokenizer": (lambda x: isinstance(x, dict) and one_of(*TOKENIZERS)[0](x.get("type")),
                   f"a tokenizer ({' or '.join(TOKENIZERS)})"),  # and the fields of its type (validate)
@@ -91,11 +93,18 @@ SCHEMA = {
     "rng": (takes_state, "a random generator's state"),
     "eval_every": whole(1), "engine": one_of(*ENGINES),
     "engine_options": {"device": one_of(*DEVICES, None), "attention": one_of(*ATTENTIONS, None), "compile": FLAG},
-    "evaluation_due": FLAG,
+    "evaluation_due": FLAG, "elapsed": optional(number()),  # seconds the run has taken (None: not kept, version < 3)
 }
+
+def from_version_2(meta):  # version 2 had no ablations and kept no time
+    if isinstance(meta.get("settings"), dict):  # (else the schema's check says what is wrong)
+        meta["settings"]["ablate"] = []
+    meta.update(version=3, elapsed=None)
+
 
 UPGRADES = {  # format version -> what turns its metadata into the next version's
     1: lambda meta: meta.update(version=2, evaluation_due=False),  # version 1 never cut an evaluation short
+    2: from_version_2,
 }
 
 

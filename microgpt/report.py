@@ -15,7 +15,7 @@ import random
 from microgpt.errors import UserError
 from microgpt.loading import open_model
 from microgpt.sampling import generate, stream_start
-from microgpt.trace import label, nested, trace
+from microgpt.trace import attention_maps, label
 
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f"]
 WIDTH, HEIGHT, PAD = 640, 260, 48
@@ -124,11 +124,9 @@ def build(run_dir, engine_name=None, prompt=None, num_samples=10):
     labels = [label(tok, i) for i in ids]
     sections.append(f"<h2>Attention of {esc(labels)}</h2><div>")
     try:
-        traced = trace(engine, ids)
-        for li in range(engine.cfg.n_layer):
-            for h, weights in enumerate(nested(*traced[f"layer{li}.attn.weights"])):
-                sections.append(attention_svg(weights, labels, f"layer {li}, head {h}"))
-    except UserError as e:  # the scalar engine cannot trace: the page says so, and has everything else
+        for li, h, weights in attention_maps(engine, ids):
+            sections.append(attention_svg(weights, labels, f"layer {li}, head {h}"))
+    except UserError as e:  # the scalar engine cannot trace, a model may have no attention: the page says so
         sections.append(f"<p>{esc(e)}</p>")
     sections.append("</div>")
     rng = random.Random(0)

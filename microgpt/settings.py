@@ -6,6 +6,7 @@ import math
 import os
 from dataclasses import replace
 
+from microgpt import ablations
 from microgpt.arguments import add_engine, number_in, positive_number, whole_number
 from microgpt.config import (
     ATTENTIONS,
@@ -48,6 +49,9 @@ def add_model_options(p):
                             ("--block-size", "longest context, in tokens")):
         default = REFERENCE_MODEL[flag[2:].replace("-", "_")]
         model.add_argument(flag, type=whole_number(1), metavar="N", help=f"{help_text} (default: {default})")
+    model.add_argument("--ablate", type=ablations.parse, metavar=f"{{{','.join(ablations.ABLATIONS)}}}[,...]",
+                       help="train the model with pieces taken out, to see what each is for (default: none):\n"
+                            + "\n".join(f"{name}: {what}" for name, what in ablations.ABLATIONS.items()))
 
 
 def add_engine_options(p):
@@ -140,7 +144,7 @@ def settings_from_args(args):
                            dtype=args.dtype or preset.get("dtype", "float64"), engine=args.engine,
                            engine_options=engine_options(args), **tokenizer_options(args),
                            eval_every=args.eval_every or preset["eval_every"], log_every=args.log_every,
-                           health=args.health)
+                           health=args.health, ablate=args.ablate or ())
     if (args.vocab_size or args.bpe_split) and settings.tokenizer != "bpe":
         raise UserError("--vocab-size and --bpe-split are options of the BPE tokenizer; add --tokenizer bpe")
     if model["n_embd"] % model["n_head"]:
@@ -175,10 +179,12 @@ def resume_settings(args):
                            engine_options={**meta["engine_options"], **given(args, ("device", "attention")),
                                            "compile": args.compile or meta["engine_options"]["compile"]},
                            eval_every=args.eval_every or meta["eval_every"], log_every=args.log_every,
-                           health=args.health)
+                           health=args.health, ablate=tuple(saved["ablate"]))
     asked = {**given(args, ("data", "format", "dtype")), **tokenizer_options(args), **given(args, MODEL_FIELDS),
-             **given(args, TRAIN_FIELDS)}
-    have = {**saved, "format": meta["data_format"], **saved["model"], **saved["train"]}
+             **given(args, TRAIN_FIELDS), **({"ablate": ",".join(args.ablate) or "none"} if args.ablate is not None
+                                              else {})}
+    have = {**saved, "format": meta["data_format"], **saved["model"], **saved["train"],
+            "ablate": ",".join(saved["ablate"]) or "none"}
     conflicts = [f"--{key.replace('_', '-')} {value} (the run has {have[key]})"
                  for key, value in asked.items() if value != have[key]]
     if args.preset:

@@ -38,6 +38,17 @@ def trace(engine, tokens):
     return traced
 
 
+def attention_maps(engine, tokens):
+    """[(layer, head, weights (T, T) as nested lists)] of one forward pass over `tokens`; a one-line error for a model
+    without attention."""
+    traced = trace(engine, tokens)
+    if "layer0.attn.weights" not in traced:
+        raise UserError("this model has no attention (it was trained with --ablate attention), so there is no map to "
+                        "draw; `trace` shows what it computes")
+    return [(li, h, weights) for li in range(engine.cfg.n_layer)
+            for h, weights in enumerate(nested(*traced[f"layer{li}.attn.weights"]))]
+
+
 def nested(shape, flat):
     """A flat array of the given shape as nested lists of floats (rows of rows)."""
     if len(shape) == 1:
@@ -131,11 +142,10 @@ def heat_map(weights, labels):
 def attention_command(args):
     engine, tok, documents = model_for(args)
     ids = prompt_tokens(tok, args.prompt, documents, engine.cfg.block_size)
-    traced = trace(engine, ids)
+    maps = attention_maps(engine, ids)
     labels = [label(tok, i) for i in ids]
     w = sys.stdout
     w.write(f"attention of {labels}: rows are queries, columns the keys they see; shades '{SHADES}' = 0 ... 1\n")
-    for li in range(engine.cfg.n_layer):
-        for h, weights in enumerate(nested(*traced[f"layer{li}.attn.weights"])):
-            w.write(f"\nlayer {li}, head {h}\n")
-            w.write("\n".join(heat_map(weights, labels)) + "\n")
+    for li, h, weights in maps:
+        w.write(f"\nlayer {li}, head {h}\n")
+        w.write("\n".join(heat_map(weights, labels)) + "\n")

@@ -15,7 +15,7 @@ import random
 import sys
 import time
 
-from microgpt import atomic, checkpoint, engines, health
+from microgpt import ablations, atomic, checkpoint, engines, health
 from microgpt.datasets import Dataset
 from microgpt.errors import UserError
 from microgpt.initialisation import reference_weights
@@ -45,7 +45,7 @@ class Trainer:
         state = state_from_checkpoint(resume_from[0], self.cfg) if resume_from else None
         weights = state[0] if state else reference_weights(self.cfg, self.rng, tc.init_std)
         self.engine = engines.create(settings.engine or engines.fastest(), self.cfg, weights, settings.dtype,
-                                     **settings.engine_options)
+                                     settings.ablate, **settings.engine_options)
         if tc.batch_size < self.engine.world:
             raise UserError(f"--batch-size {tc.batch_size} gives some of the {self.engine.world} processes nothing "
                             f"to do; use a batch of at least {self.engine.world}")
@@ -61,11 +61,12 @@ class Trainer:
             raise UserError(f"cannot write the run directory {out_dir}: {e.strerror}; choose another --out") from None
         self.step, self.best, self.smoothed = 0, math.inf, None
         self.evaluation_due = False  # a signal cut this step's evaluation short: run() does it first
+        self.elapsed_before, self.started = 0.0, time.perf_counter()  # the run's time: in earlier processes, here
         if resume_from:
             meta = resume_from[1]
             self.engine.load_state(*state)
             self.step, self.best, self.smoothed = meta["step"], meta["best_held_out"], meta["smoothed"]
-            self.evaluation_due = meta["evaluation_due"]
+            self.evaluation_due, self.elapsed_before = meta["evaluation_due"], meta["elapsed"]
             self.rng.setstate(to_state(meta["rng"]))
         # Ctrl-C, and SIGTERM (a scheduler's or torchrun's way to stop a run), finish the step and save
         self.requests = Requests(self.stream, "finishing this step (an evaluation is cut short), then saving")
@@ -85,15 +86,21 @@ class Trainer:
                     "data_format": self.data.format, "step": self.step, "best_held_out": self.best,
                     "smoothed": self.smoothed, "rng": self.rng.getstate(), "engine": self.engine.name,
                     "eval_every": self.settings.eval_every, "engine_options": self.settings.engine_options,
-                    "evaluation_due": self.evaluation_due}
+                    "evaluation_due": self.evaluation_due, "elapsed": self.elapsed()}
         checkpoint.save(path, checkpoint_tensors(self.cfg, self.engine.weights(), *self.engine.moments()), metadata)
         self.last_saved_step = self.step
         return path
 
     def log(self, record):
+        """One line of log.jsonl: the record, and the seconds the run has taken so far (training, evaluations)."""
         if self.is_main:
             with open(os.path.join(self.out_dir, "log.jsonl"), "a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(json.dumps({**record, "elapsed": self.elapsed()}) + "\n")
+
+    def elapsed(self):
+        """Seconds since the run started, over every process that continued it; None for a run begun by a microgpt
+        that did not keep time."""
+        return None if self.elapsed_before is None else self.elapsed_before + time.perf_counter() - self.started
 
     # -- evaluation ----------------------------------------------------------------------------------------------
 
@@ -227,7 +234,8 @@ def train_command(args):
     w, cfg, tc = trainer.stream, trainer.cfg, settings.train
     w.write(f"data: {trainer.data.describe()}\n"
             f"model: n_layer {cfg.n_layer}, n_embd {cfg.n_embd}, n_head {cfg.n_head}, block_size "
-            f"{cfg.block_size}: {param_count(cfg):,} parameters; engine {trainer.engine.name} "
+            f"{cfg.block_size}: {param_count(cfg):,} parameters"
+            f"{f' ({ablations.describe(settings.ablate)})' if settings.ablate else ''}; engine {trainer.engine.name} "
             f"({trainer.engine.describe()})\n"
             f"training: {tc.steps} steps of batch {tc.batch_size}, lr {tc.lr} ({tc.schedule}"
             f"{f', warmup {tc.warmup}' if tc.warmup else ''}), weight decay {tc.weight_decay}, grad clip "

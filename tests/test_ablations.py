@@ -137,7 +137,7 @@ def test_sampling_runs_the_whole_context_when_keys_cannot_be_kept(name, ablation
 
 
 def test_the_scalar_engine_has_no_switches():
-    with pytest.raises(engines.UserError, match="--ablate needs --engine python, numpy or torch"):
+    with pytest.raises(engines.UserError, match="a model without mlp needs --engine python, numpy or torch"):
         model(("mlp",), "scalar")
 
 

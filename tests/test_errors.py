@@ -115,7 +115,7 @@ CHECKPOINTS = {  # (wte is the first tensor: bytes 0-3456, 27 × 16 float64)
     "truncated": (lambda p: p.write_bytes(p.read_bytes()[:-100]), "is truncated"),
     "not a checkpoint": (lambda p: p.write_text("name,score\nanna,3\n" * 50), "not a safetensors file"),
     "JSON whose ninth byte is {": (lambda p: p.write_text('{"model": {"layers": 1}}'), "not a safetensors file"),
-    "newer version": (newer_version, "format version 9, newer than this microgpt reads (2); upgrade"),
+    "newer version": (newer_version, "format version 9, newer than this microgpt reads (3); upgrade"),
     "another config": (other_config, "is for another model"),
     "offsets not a whole number of values": (entry(data_offsets=[0, 3455]), "wte is 3455 bytes"),
     "offsets covering fewer bytes than the shape": (entry(shape=[28, 16]), "wte is 3456 bytes, but"),
@@ -169,19 +169,30 @@ def test_tokenize_save_to_nowhere(run):
                           "cannot write /no/such/dir/t.txt")
 
 
-def test_a_version_1_checkpoint_is_still_read(run, tmp_path):
-    """Format version 1 had no evaluation_due (it never cut an evaluation short): read as false, not refused."""
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_older_checkpoint_is_still_read(run, tmp_path, version):
+    """Format version 1 had no evaluation_due (it never cut an evaluation short): read as false, not refused; versions
+    1 and 2 had no ablations (read as none) and kept no time (read as unknown)."""
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
 
-    def to_version_1(header):
-        del header["__metadata__"]["evaluation_due"]
-        header["__metadata__"]["version"] = "1"
-    rewrite_header(copy / "checkpoint.safetensors", to_version_1)
+    def to_older(header):
+        meta = header["__metadata__"]
+        del meta["elapsed"]
+        settings = {k: v for k, v in json.loads(meta["settings"]).items() if k != "ablate"}
+        settings["train"]["steps"] = 210  # (so that a resume has steps to take, and saves)
+        meta["settings"] = json.dumps(settings)
+        if version == 1:
+            del meta["evaluation_due"]
+        meta["version"] = str(version)
+    rewrite_header(copy / "checkpoint.safetensors", to_older)
     result = microgpt("sample", "--from", "run/checkpoint.safetensors", "--num-samples", 2, cwd=tmp_path)
     assert result.returncode == 0 and result.stdout.startswith("run/checkpoint.safetensors: step 200"), result.stderr
-    newer = copy / "checkpoint.safetensors"
-    rewrite_header(newer, lambda header: header["__metadata__"].update(version="2"))  # a version 2 file needs it
+    resumed = microgpt("train", "--resume", "run", "--num-samples", 0, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    newer = copy / "checkpoint.safetensors"  # (resaved as version 3, its time unknown)
+    assert checkpoint.load(newer)[1]["elapsed"] is None and checkpoint.load(newer)[1]["version"] == 3
+    rewrite_header(newer, lambda header: header["__metadata__"].pop("evaluation_due"))  # a version 3 file needs it
     assert_one_line_error(microgpt("sample", "--from", newer, cwd=tmp_path), "evaluation_due is missing")
 
 

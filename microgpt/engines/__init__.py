@@ -62,8 +62,8 @@ def create(name, cfg, weights, dtype="float64", ablations=(), **options):
     if options and name != "torch":
         raise UserError(f"--{next(iter(options))} is an option of the torch engine; add --engine torch")
     if ablations and name == "scalar":
-        raise UserError("the scalar engine is the atomic file, which has every piece and no switches; --ablate "
-                        "needs --engine python, numpy or torch")
+        raise UserError(f"the scalar engine is the atomic file, which has every piece and no switches; a model "
+                        f"without {', '.join(ablations)} needs --engine python, numpy or torch")
     module = importlib.import_module(f"microgpt.engines.{name}")
     if dtype not in module.Engine.dtypes:
         raise UserError(f"the {name} engine does not compute in {dtype}; use --dtype float64, or --engine "
