@@ -98,7 +98,7 @@ def other_config(path):
 
 def newer_version(path):
     raw = path.read_bytes()
-    path.write_bytes(raw.replace(b'"version":"2"', b'"version":"9"'))
+    path.write_bytes(raw.replace(f'"version":"{checkpoint.VERSION}"'.encode(), b'"version":"9"'))
 
 
 def nan_first_weight(raw):
@@ -115,7 +115,7 @@ CHECKPOINTS = {  # (wte is the first tensor: bytes 0-3456, 27 × 16 float64)
     "truncated": (lambda p: p.write_bytes(p.read_bytes()[:-100]), "is truncated"),
     "not a checkpoint": (lambda p: p.write_text("name,score\nanna,3\n" * 50), "not a safetensors file"),
     "JSON whose ninth byte is {": (lambda p: p.write_text('{"model": {"layers": 1}}'), "not a safetensors file"),
-    "newer version": (newer_version, "format version 9, newer than this microgpt reads (3); upgrade"),
+    "newer version": (newer_version, f"format version 9, newer than this microgpt reads ({checkpoint.VERSION}); upgrade"),
     "another config": (other_config, "is for another model"),
     "offsets not a whole number of values": (entry(data_offsets=[0, 3455]), "wte is 3455 bytes"),
     "offsets covering fewer bytes than the shape": (entry(shape=[28, 16]), "wte is 3456 bytes, but"),
