@@ -72,6 +72,12 @@ def add_report_options(p):
     add_engine(p)
 
 
+def add_compare_options(p):
+    p.add_argument("runs", nargs="+", metavar="DIR", help="run directories (train --out), two or more")
+    p.add_argument("--out", default="compare.html", metavar="FILE", help="where to write the page "
+                   "(default: compare.html)")
+
+
 def add_bench_options(p):
     from microgpt.bench import CONFIGS
 
@@ -114,6 +120,11 @@ COMMANDS = {  # name: (help, description, options, the function that runs it)
                "Loss curves, training health, attention maps, samples, settings and machine of a run, as one HTML "
                "file with inline SVG (no JavaScript, nothing from a network).", add_report_options,
                "microgpt.report:report_command"),
+    "compare": ("runs side by side: what differs, their losses, curves overlaid",
+                "A table of the runs in the terminal (the settings that differ, best held-out loss and its difference "
+                "from the first run's, steps, wall time) and one self-contained HTML page with the same table and "
+                "the runs' loss, gradient-norm and dead-ReLU curves overlaid.", add_compare_options,
+                "microgpt.compare:compare_command"),
     "bench": ("time every installed engine side by side",
               "Train every installed engine on the same documents of the reference run, in interleaved rounds, and "
               "print the median ms/step, steps/s, tokens/s and the speed-up over the scalar engine (the atomic "

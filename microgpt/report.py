@@ -5,62 +5,18 @@ dead ReLUs per layer), the attention maps of a prompt, samples, the settings and
 are inline SVG drawn here, with no JavaScript and nothing fetched from a network, and the page is
 well-formed XML (XHTML), so any XML parser can check it.
 """
-import html
 import json
-import math
 import os
 import platform
 import random
 
+from microgpt.ablations import describe
+from microgpt.charts import esc, xhtml_page
 from microgpt.errors import UserError
 from microgpt.loading import open_model
+from microgpt.logs import Log, health_charts, loss_chart
 from microgpt.sampling import generate, stream_start
 from microgpt.trace import attention_maps, label
-
-COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f"]
-WIDTH, HEIGHT, PAD = 640, 260, 48
-
-
-def esc(text):
-    return html.escape(str(text), quote=True)
-
-
-def line_chart(title, series, log_y=False, y_label=""):
-    """An SVG chart of {label: [(x, y), ...]}: one polyline (or dot) per series, a legend, the ranges."""
-    points = [(x, y) for values in series.values() for x, y in values if y is not None and (y > 0 or not log_y)]
-    if not points:
-        return f"<p>{esc(title)}: nothing logged yet.</p>"
-    fy = (lambda y: math.log10(y)) if log_y else (lambda y: y)
-    x0, x1 = min(x for x, _ in points), max(x for x, _ in points)
-    y0, y1 = min(fy(y) for _, y in points), max(fy(y) for _, y in points)
-    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
-
-    def xy(x, y):
-        return (PAD + (x - x0) / (x1 - x0) * (WIDTH - 2 * PAD),
-                HEIGHT - PAD + (fy(y) - y0) / (y1 - y0) * (2 * PAD - HEIGHT))
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" role="img">',
-             f'<title>{esc(title)}</title>',
-             f'<rect x="0" y="0" width="{WIDTH}" height="{HEIGHT}" fill="#ffffff" stroke="#cccccc"/>',
-             f'<text x="{PAD}" y="20" font-size="14" font-weight="bold">{esc(title)}</text>',
-             f'<line x1="{PAD}" y1="{HEIGHT - PAD}" x2="{WIDTH - PAD}" y2="{HEIGHT - PAD}" stroke="#444444"/>',
-             f'<line x1="{PAD}" y1="{PAD}" x2="{PAD}" y2="{HEIGHT - PAD}" stroke="#444444"/>']
-    low, high = (10**y0, 10**y1) if log_y else (y0, y1)
-    parts += [f'<text x="4" y="{HEIGHT - PAD}" font-size="11">{low:.3g}</text>',
-              f'<text x="4" y="{PAD + 4}" font-size="11">{high:.3g}</text>',
-              f'<text x="{PAD}" y="{HEIGHT - PAD + 16}" font-size="11">step {x0:g}</text>',
-              f'<text x="{WIDTH - PAD - 60}" y="{HEIGHT - PAD + 16}" font-size="11">step {x1:g}</text>',
-              f'<text x="{PAD + 4}" y="{PAD - 6}" font-size="11">{esc(y_label)}</text>']
-    for i, (name, values) in enumerate(series.items()):
-        colour = COLOURS[i % len(COLOURS)]
-        coords = [xy(x, y) for x, y in values if y is not None and (y > 0 or not log_y)]
-        if len(coords) == 1:
-            parts.append(f'<circle cx="{coords[0][0]:.1f}" cy="{coords[0][1]:.1f}" r="3" fill="{colour}"/>')
-        elif coords:
-            path = " ".join(f"{x:.1f},{y:.1f}" for x, y in coords)
-            parts.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="1.5"/>')
-        parts.append(f'<text x="{WIDTH - PAD + 4 - 160}" y="{PAD + 14 * i}" font-size="11" '
-                     f'fill="{colour}">{esc(name)}</text>')
-    return "".join(parts) + "</svg>"
 
 
 def attention_svg(weights, labels, title):
@@ -81,40 +37,18 @@ def attention_svg(weights, labels, title):
     return "".join(parts) + "</svg>"
 
 
-def read_log(run_dir):
-    path = os.path.join(run_dir, "log.jsonl")
-    if not os.path.exists(path):
-        raise UserError(f"no log.jsonl in {run_dir}; give a run directory that train wrote")
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def build(run_dir, engine_name=None, prompt=None, num_samples=10):
     """The report's HTML, as a string."""
-    records = read_log(run_dir)
+    log = Log(run_dir)
     engine, tok, meta, path = open_model(run_dir, engine_name)
-    steps = [r for r in records if "train_loss" in r]
-    evals = [r for r in records if "held_out_loss" in r]
-    health = [r for r in steps if r.get("health")]
-    documents = meta["data_format"] == "lines"
+    documents, ablated = meta["data_format"] == "lines", meta["settings"]["ablate"]
     sections = [f"<h1>microgpt run: {esc(run_dir)}</h1>",
                 f"<p>Checkpoint {esc(path)} at step {meta['step']}; best held-out loss "
-                f"{meta['best_held_out']:.4f}.</p>", "<h2>Loss</h2>",
-                line_chart("loss (nats per token)", {
-                    "train (moving average)": [(r["step"], r["train_loss_smooth"]) for r in steps],
-                    "held-out": [(r["step"], r["held_out_loss"]) for r in evals]})]
-    if health:
-        sections += ["<h2>Training health</h2>",
-                     line_chart("gradient norm (before clipping)", {"all weights": [
-                         (r["step"], r["health"]["grad_norm"]) for r in health]}, log_y=True),
-                     line_chart("update / weight, per tensor", {name: [
-                         (r["step"], r["health"]["tensors"][name]["update_ratio"]) for r in health]
-                         for name in health[-1]["health"]["tensors"]}, log_y=True)]
-        if health[-1]["health"]["layers"]:
-            sections.append(line_chart("dead ReLUs, per layer (fraction)", {f"layer {li}": [
-                (r["step"], r["health"]["layers"][li]["dead_relu"]) for r in health]
-                for li in range(len(health[-1]["health"]["layers"]))}))
-        warnings = [w for r in health for w in r["health"]["warnings"]]
+                f"{meta['best_held_out']:.4f}{f'; the model {describe(ablated)}' if ablated else ''}.</p>",
+                "<h2>Loss</h2>", loss_chart({"": log})]
+    if log.health:
+        sections += ["<h2>Training health</h2>", *health_charts({"": log})]
+        warnings = [w for r in log.health for w in r["health"]["warnings"]]
         sections.append("<ul>" + "".join(f"<li>{esc(w)}</li>" for w in warnings) + "</ul>" if warnings
                         else "<p>No health warnings.</p>")
     text = prompt
@@ -140,11 +74,7 @@ def build(run_dir, engine_name=None, prompt=None, num_samples=10):
                  "<h2>Machine</h2>",
                  f"<p>Report made on {esc(platform.platform())}, {esc(platform.python_implementation())} "
                  f"{esc(platform.python_version())}; trained on the {esc(meta['engine'])} engine.</p>"]
-    return ('<?xml version="1.0" encoding="utf-8"?>\n<!DOCTYPE html>\n'
-            '<html xmlns="http://www.w3.org/1999/xhtml" lang="en"><head><meta charset="utf-8"/>'
-            f"<title>microgpt report: {esc(run_dir)}</title><style>"
-            "body{font-family:sans-serif;max-width:1400px;margin:2em;color:#222}svg{margin:4px}"
-            "pre{background:#f6f6f6;padding:8px}</style></head><body>" + "\n".join(sections) + "</body></html>\n")
+    return xhtml_page(f"microgpt report: {run_dir}", sections)
 
 
 def report_command(args):
