@@ -1,16 +1,21 @@
 """Ablations: every engine computes the same numbers without each piece (numpy and torch against the python engine, at
 1e-12 in float64, with the tolerances of tests/test_engines.py), the python engine's gradients are the loss's
-(finite differences), and each ablation does what its name says."""
+(finite differences), each ablation does what its name says, and a run records its ablations, which every command
+honours and a resume keeps."""
 import dataclasses
+import json
 import math
 import random
 
 import pytest
+from conftest import ROOT, microgpt
 from hypothesis import HealthCheck, given, settings
 from test_engines import FAST, max_relative_difference, models_and_batches, worst_tensor
+from test_workflow import run_steps, small_settings
 
-from microgpt import atomic, engines
+from microgpt import atomic, checkpoint, engines
 from microgpt.ablations import ABLATIONS, problem
+from microgpt.config import RunSettings
 from microgpt.initialisation import reference_weights
 from microgpt.layout import segments
 from microgpt.trace import nested, trace
@@ -150,3 +155,75 @@ def test_the_scalar_engine_has_no_switches():
 def test_problems_with_a_list_of_ablations_are_named(names, says):
     assert says in problem(names)
     assert problem(list(ABLATIONS)[:4]) is None
+
+
+# -- on the command line: recorded, honoured, kept --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ablated(tmp_path_factory):
+    """A names run without attention and ReLU, 30 steps on the numpy engine."""
+    where = tmp_path_factory.mktemp("ablated")
+    result = microgpt("train", "--ablate", "relu,attention", "--engine", "numpy", "--steps", 30, "--n-layer", 2,
+                      "--log-every", 10, "--out", "run", "--num-samples", 2, cwd=where)
+    assert result.returncode == 0, result.stderr
+    return where, result.stdout
+
+
+def test_help_lists_every_ablation_with_what_it_removes():
+    text = microgpt("train", "--help", cwd=ROOT, env={"COLUMNS": "200"}).stdout
+    assert "--ablate {rmsnorm,residual,position,attn-scale,attention,mlp,relu,causal-mask}[,...]" in text
+    lines = text.splitlines()
+    for name, what in ABLATIONS.items():
+        assert any(line.strip() == f"{name}: {what}" for line in lines), name
+
+
+def test_an_ablated_run_records_its_ablations_and_every_command_honours_them(ablated):
+    where, out = ablated
+    assert "4,192 parameters" not in out and "(without attention, relu); engine numpy" in out
+    _, meta = checkpoint.load(where / "run" / "checkpoint.safetensors")
+    assert meta["settings"]["ablate"] == ["attention", "relu"]
+    assert microgpt("sample", "--from", "run", "--num-samples", 2, cwd=where).returncode == 0
+    traced = json.loads(microgpt("trace", "--from", "run", "--prompt", "em", "--json", cwd=where).stdout)
+    assert "layer0.attn.q" not in traced["intermediates"] and "layer1.mlp.relu" in traced["intermediates"]
+    drawn = microgpt("attention", "--from", "run", cwd=where)
+    assert drawn.returncode == 2 and drawn.stderr.count("\n") == 1 and "this model has no attention" in drawn.stderr
+    assert microgpt("report", "--from", "run", cwd=where).returncode == 0
+    page = (where / "run" / "report.html").read_text()
+    assert "the model without attention, relu" in page and "this model has no attention" in page
+    checked = microgpt("check", "--from", "run", "--per-tensor", 1, cwd=where)
+    assert checked.returncode == 0 and "finite differences of the python engine's gradient" in checked.stdout
+    scalar = microgpt("sample", "--from", "run", "--engine", "scalar", cwd=where)
+    assert scalar.returncode == 2 and "a model without attention, relu needs --engine python" in scalar.stderr
+
+
+def test_resume_keeps_the_ablations_and_refuses_a_change(ablated):
+    where, _ = ablated
+    refused = microgpt("train", "--resume", "run", "--ablate", "mlp", cwd=where)
+    assert refused.returncode == 2 and "--ablate mlp (the run has attention,relu)" in refused.stderr
+    refused = microgpt("train", "--resume", "run", "--ablate", "", cwd=where)
+    assert refused.returncode == 2 and "--ablate none (the run has attention,relu)" in refused.stderr
+    kept = microgpt("train", "--resume", "run", "--ablate", "attention,relu", "--num-samples", 0, cwd=where)
+    assert kept.returncode == 0, kept.stderr
+
+
+@pytest.mark.parametrize("name", ["python", "numpy"])
+def test_an_ablated_run_resumes_bit_for_bit(name, tmp_path):
+    words = tmp_path / "words.txt"
+    words.write_text("\n".join(["anna", "bob", "clara", "dave", "eve", "frank", "gina", "hal", "ivy", "jo", "kim"]))
+    settings = RunSettings(**{**small_settings(words, grad_clip=0.5).__dict__, "engine": name,
+                              "ablate": ("rmsnorm", "position", "causal-mask")})
+    whole = run_steps(settings, tmp_path / "whole")
+    run_steps(settings, tmp_path / "parts", stop_after=7)
+    resumed = run_steps(settings, tmp_path / "parts", resume=checkpoint.load(tmp_path / "parts"))
+    for a, b in zip((whole.engine.weights(), *whole.engine.moments()),
+                    (resumed.engine.weights(), *resumed.engine.moments())):
+        assert list(a) == list(b)
+    assert resumed.engine.ablations == settings.ablate
+
+
+@pytest.mark.parametrize("args", [["--ablate", "norm"], ["--ablate", "mlp,relu"], ["--ablate", "mlp", "--engine",
+                                                                                   "scalar"]])
+def test_bad_ablations_are_one_line(args, tmp_path):
+    result = microgpt("train", *args, "--steps", 1, cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
