@@ -6,9 +6,10 @@ import dataclasses
 import json
 import math
 import random
+import xml.etree.ElementTree as ET
 
 import pytest
-from conftest import ROOT, microgpt
+from conftest import ROOT, microgpt, run_python
 from hypothesis import HealthCheck, given, settings
 from test_engines import FAST, max_relative_difference, models_and_batches, worst_tensor
 from test_workflow import run_steps, small_settings
@@ -227,3 +228,13 @@ def test_an_ablated_run_resumes_bit_for_bit(name, tmp_path):
 def test_bad_ablations_are_one_line(args, tmp_path):
     result = microgpt("train", *args, "--steps", 1, cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_the_ablation_script_prints_the_readme_table_and_writes_the_comparison(tmp_path):
+    result = run_python(ROOT / "scripts" / "ablations.py", "out", "--steps", 20, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert len(rows) == 2 + 1 + 1 + len(ABLATIONS)  # header and rule, counting letters, the full model, each piece
+    assert [row.split(" | ")[0] for row in rows[4:]] == [f"| `{name}`" for name in ABLATIONS]
+    assert (tmp_path / "out" / "table.md").read_text().splitlines() == rows
+    assert ET.parse(tmp_path / "out" / "compare.html").getroot() is not None

@@ -14,8 +14,8 @@ an engine what it has. What it offers:
                     gradient's global norm before clipping; adam_step(step, lr_t, beta1, beta2, eps, weight_decay)
   evaluation    loss(batch) -> the same mean loss, no gradients
   sampling      new_cache(); forward(tokens, cache) -> the logits (T, V), lists of floats, after the cached tokens
-                    (each engine's kv_cache() and forward_cached(); this file runs the whole context instead when the
-                    causal mask is ablated)
+                    (each engine's kv_cache() and forward_cached(); this file runs the whole context again instead
+                    where no cache can keep a position's keys: without the causal mask, or without attention)
   state         weights(), gradients(), moments() -> (m, v): flat arrays (P,) laid out as microgpt/layout.py says,
                     whose bytes a checkpoint is written from: NumPy arrays that are the engine's own memory (numpy,
                     torch on the CPU: valid until the next step; copy to keep), or array('d') copies of the lists
@@ -117,11 +117,11 @@ class Engine:
         raise NotImplementedError
 
     def new_cache(self):
-        return self.kv_cache() if self._keys_keep else []
+        return self.kv_cache() if self._cacheable else []
 
     def forward(self, tokens, cache):
         """The logits (T, V) after each of `tokens`, which follow the tokens fed to `cache` before."""
-        if self._keys_keep:
+        if self._cacheable:
             return self.forward_cached(tokens, cache)
         # Without the causal mask every position reads every other, so a position's keys change with each token fed
         # after it and no key/value cache can hold them (and without attention there are no keys to count the
@@ -130,7 +130,7 @@ class Engine:
         return self.forward_cached(cache, self.kv_cache())[-len(tokens):]
 
     @property
-    def _keys_keep(self):  # whether a position's keys and values, once computed, stay what they are
+    def _cacheable(self):  # whether a position's keys and values stay what they were when computed (a cache keeps them)
         return self.has.attention and self.has.causal_mask
 
     def kv_cache(self):

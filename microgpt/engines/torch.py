@@ -197,8 +197,10 @@ class Engine(Base):
         if not torch.distributed.is_initialized():
             torch.distributed.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         self.rank, self.world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        unused = not (self.has.position and self.has.attention and self.has.mlp)  # an ablation leaves weights idle
         self.forward_module = nn.parallel.DistributedDataParallel(
-            self.forward_module, device_ids=None if self.device.type == "cpu" else [self.device])
+            self.forward_module, device_ids=None if self.device.type == "cpu" else [self.device],
+            find_unused_parameters=unused)  # (DDP waits for every gradient, unless told some will not come)
 
     def load_state(self, weights, m, v):
         for flat, saved in zip((self.p, self.m, self.v), (weights, m, v)):
