@@ -14,6 +14,8 @@ The names, in the order the model computes them (T positions, C = n_embd, H head
   layer{i}.attn.residual (T, C)  the stream plus the attention's output
   layer{i}.mlp.norm, mlp.fc1 (T, 4C), mlp.relu (T, 4C), mlp.fc2 (T, C), mlp.residual (T, C)
   logits (T, V), probs (T, V)   the next token's scores and their softmax, at every position
+A model trained with --ablate has none of a block it lacks (its residual stays: the stream that passes by), and
+the identity's output where it lacks rmsnorm or the ReLU.
 """
 import json
 import random

@@ -140,8 +140,8 @@ def attention_backward(dout, q, k, v, weights, n_head, scale, causal):  # dout (
 
 
 def cross_entropy_forward(logits, targets):  # logits (N, V), targets (N,) -> losses (N,), probs (N, V)
-    probs = [softmax(row) for row in logits]
-    return [-math.log(p[t]) for p, t in zip(probs, targets)], probs
+    probs = [softmax(row) for row in logits]  # (a probability that underflows to 0 costs an infinite loss, as in numpy)
+    return [-math.log(p[t]) if p[t] else math.inf for p, t in zip(probs, targets)], probs
 
 
 def cross_entropy_backward(probs, targets, dloss):  # d(loss)/d(logits) = dloss * (probs - one_hot)
