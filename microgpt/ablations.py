@@ -22,6 +22,7 @@ ABLATIONS = {  # name: what taking it out does (one line of `train --help` each)
     "causal-mask": "positions see the future: the loss cheats",
 }
 INSIDE = {"attn-scale": "attention", "causal-mask": "attention", "relu": "mlp"}  # a change to a block, by block
+NONE = "none"  # what --ablate takes, and the messages say, for no ablation
 
 
 class Pieces(NamedTuple):
@@ -52,17 +53,24 @@ def problem(names):
     for name in names:
         if INSIDE.get(name) in names:
             return f"{name} changes the {INSIDE[name]} blocks, which {INSIDE[name]} removes; choose one of the two"
+    if {"residual", "attention", "mlp"} <= set(names):
+        return "residual changes how the blocks join the stream, and attention and mlp remove them all; drop one"
     return None
 
 
 def parse(text):
-    """An argparse type: 'mlp,rmsnorm' -> ('rmsnorm', 'mlp'), in the order of ABLATIONS."""
-    given = [name.strip() for name in text.split(",") if name.strip()]
+    """An argparse type: 'mlp,rmsnorm' -> ('rmsnorm', 'mlp'), in the order of ABLATIONS; 'none' -> ()."""
+    given = [name.strip() for name in text.split(",") if name.strip() not in ("", NONE)]
     names = tuple(name for name in ABLATIONS if name in given)
     found = problem([name for name in given if name not in ABLATIONS] or names)
     if found:
         raise argparse.ArgumentTypeError(found)
     return names
+
+
+def listed(ablations):
+    """'attention,relu', or 'none': the ablations as --ablate takes them."""
+    return ",".join(ablations) or NONE
 
 
 def describe(ablations):

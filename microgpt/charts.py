@@ -8,6 +8,7 @@ gradient norms) is drawn on a log scale, where only values above 0 can be placed
 """
 import html
 import math
+import re
 from typing import NamedTuple
 
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
@@ -24,8 +25,13 @@ class Series(NamedTuple):
     dashed: bool = False
 
 
+NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")  # control characters, lone surrogates
+
+
 def esc(text):
-    return html.escape(str(text), quote=True)
+    """Text made safe inside XHTML: markup escaped, and what XML cannot hold at all (control characters, the lone
+    surrogates of a file name that is not UTF-8) shown as U+FFFD."""
+    return html.escape(NOT_XML.sub("\ufffd", str(text)), quote=True)
 
 
 def xhtml_page(title, sections, style=""):
@@ -38,11 +44,13 @@ def xhtml_page(title, sections, style=""):
             + "</body></html>\n")
 
 
-def nice_ticks(low, high, count=5):
-    """About `count` round numbers from low to high, 1, 2 or 5 times a power of ten apart."""
+def nice_ticks(low, high, count=5, whole=False):
+    """About `count` round numbers from low to high, 1, 2 or 5 times a power of ten apart (whole numbers: 1 at
+    least)."""
     raw = (high - low) / count
     magnitude = 10 ** math.floor(math.log10(raw))
     step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+    step = max(step, 1) if whole else step
     return [k * step for k in range(math.ceil(low / step - 1e-9), math.floor(high / step + 1e-9) + 1)]
 
 
@@ -67,8 +75,8 @@ def label(value):
 
 def line_chart(title, series, log_y=False, y_label="", x_label="step"):
     """An SVG chart of `series` (Series), a polyline (or a dot, for one point) each, with ticks and a legend."""
-    def placeable(y):
-        return y is not None and math.isfinite(y) and (y > 0 or not log_y)
+    def placeable(y):  # (NaN and the infinities compare False; values near the float limits would overflow the axis)
+        return y is not None and abs(y) < 1e300 and (y > 1e-300 if log_y else True)
     points = [(x, y) for s in series for x, y in s.points if placeable(y)]
     if not points:
         return f"<p>{esc(title)}: nothing to draw{' (no value above 0)' if log_y else ''}.</p>"
@@ -94,7 +102,7 @@ def line_chart(title, series, log_y=False, y_label="", x_label="step"):
         y = py(fy(tick))
         parts += [f'<line x1="{LEFT}" y1="{y:.1f}" x2="{right}" y2="{y:.1f}" stroke="#eeeeee"/>',
                   f'<text x="{LEFT - 6}" y="{y + 4:.1f}" font-size="11" text-anchor="end">{label(tick)}</text>']
-    for tick in nice_ticks(x0, x1):
+    for tick in nice_ticks(x0, x1, whole=True):  # (steps)
         x = px(tick)
         parts += [f'<line x1="{x:.1f}" y1="{TOP}" x2="{x:.1f}" y2="{bottom}" stroke="#eeeeee"/>',
                   f'<text x="{x:.1f}" y="{bottom + 16}" font-size="11" text-anchor="middle">{label(tick)}</text>']

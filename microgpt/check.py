@@ -20,12 +20,13 @@ from microgpt.loading import open_model
 
 H = 1e-6  # finite-difference step: truncation ~H^2, rounding ~1e-16/H, both far below the tolerance
 TOLERANCE = {"finite differences": 1e-6, "logits": 1e-12, "loss": 1e-12, "gradient": 1e-12, "adam": 1e-10}
-FAST_ENOUGH = 20_000  # parameters up to which the finite differences use the scalar engine's own loss
+FAST_ENOUGH = 20_000  # parameters up to which the finite differences use the reference engine's own loss
 
 
-def max_relative_difference(got, want):
-    """max |got - want| over two flat sequences, relative to the largest |want| (absolute when that is 0)."""
-    return max_absolute_difference(got, want) / (max(abs(x) for x in want) or 1.0)
+def max_relative_difference(got, want, floor=0.0):
+    """max |got - want| over two flat sequences, relative to the largest |want|, or to `floor` when that is larger
+    (absolute when both are 0)."""
+    return max_absolute_difference(got, want) / (max(floor, *(abs(x) for x in want)) or 1.0)
 
 
 def max_absolute_difference(got, want):
@@ -73,9 +74,13 @@ def engine_rows(name, cfg, result, reference):
     rows = [("logits", f"{name}: logits", max_absolute_difference(logits, want_logits),
              max_relative_difference(logits, want_logits)),
             ("loss", f"{name}: loss", abs(loss - want_loss), abs(loss - want_loss) / abs(want_loss))]
+    # a tensor whose gradient is tiny beside the largest (queries that see one key or two; the lower blocks of a model
+    # without its residual stream) is cancellation of far larger terms: measured against 1e-5 of the largest, as the
+    # tests measure it (tests/test_engines.py)
+    floor = 1e-5 * max(abs(x) for x in want_grads)
     for (tensor, (_, got)), (_, want) in zip(split(grads, cfg).items(), split(want_grads, cfg).values()):
         rows.append(("gradient", f"{name}: d loss / d {tensor}", max_absolute_difference(got, want),
-                     max_relative_difference(got, want)))
+                     max_relative_difference(got, want, floor)))
     worst = max(abs(a - b) for a, b in zip(trajectory, want_trajectory))
     rows.append(("adam", f"{name}: {len(trajectory)} Adam steps, loss", worst, worst))
     return rows

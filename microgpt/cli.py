@@ -115,7 +115,8 @@ COMMANDS = {  # name: (help, description, options, the function that runs it)
     "check": ("prove every engine computes the reference's numbers, here",
               "The scalar reference's gradient against finite differences, then every installed engine against the "
               "scalar reference from identical weights (logits, loss, every gradient tensor, 20 Adam steps), with "
-              "tolerances; exit code 1 on any FAIL.", add_check_options, "microgpt.check:check_command"),
+              "tolerances; exit code 1 on any FAIL. A model trained with --ablate is held to the python engine.",
+              add_check_options, "microgpt.check:check_command"),
     "report": ("write one self-contained HTML page about a run",
                "Loss curves, training health, attention maps, samples, settings and machine of a run, as one HTML "
                "file with inline SVG (no JavaScript, nothing from a network).", add_report_options,

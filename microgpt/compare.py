@@ -5,9 +5,11 @@ then each run's best held-out loss, its difference from the first run's, the ste
 (XHTML with inline SVG and no JavaScript, like `report`) has the same table, the settings every run shares, and the
 runs' curves overlaid: train and held-out loss, gradient norm and dead ReLUs.
 """
+import math
 import os
 import sys
 
+from microgpt.ablations import listed
 from microgpt.charts import esc, xhtml_page
 from microgpt.errors import UserError
 from microgpt.loading import checkpoint_path, read
@@ -20,20 +22,23 @@ class Run:
     checkpoint's step and best held-out loss, and its log."""
 
     def __init__(self, run_dir):
-        if not os.path.isdir(run_dir):
-            raise UserError(f"{run_dir} is not a run directory; give directories that train wrote (--out)")
+        if not os.path.isfile(os.path.join(run_dir, "checkpoint.safetensors")):
+            raise UserError(f"{run_dir} is not a run directory (it holds no checkpoint.safetensors); give "
+                            "directories that train wrote (--out)")
         self.dir, self.log = run_dir, Log(run_dir)
         _, meta, _ = read(checkpoint_path(run_dir, "last"))
         self.settings = dict(flatten(meta["settings"]))
-        self.settings["ablate"] = ",".join(meta["settings"]["ablate"]) or "none"
+        self.settings["ablate"] = listed(meta["settings"]["ablate"])
         self.settings["engine"] = meta["engine"]
         self.step, self.best = meta["step"], meta["best_held_out"]
 
     def results(self, first):
         """The columns after the settings: best held-out, its difference from the first run's, steps, wall time."""
-        difference = f"{self.best - first.best:+.4f}" if self is not first else ""
+        evaluated = math.isfinite(self.best) and math.isfinite(first.best)  # (inf: stopped before an evaluation)
+        difference = f"{self.best - first.best:+.4f}" if self is not first and evaluated else ""
         elapsed = format_duration(self.log.elapsed) if self.log.elapsed is not None else "-"
-        return [f"{self.best:.4f}", difference, f"{self.step:,}/{self.settings['train.steps']:,}", elapsed]
+        best = f"{self.best:.4f}" if math.isfinite(self.best) else "-"
+        return [best, difference, f"{self.step:,}/{self.settings['train.steps']:,}", elapsed]
 
 
 RESULTS = ["best held-out", "vs first", "step", "wall time"]
@@ -49,9 +54,11 @@ def flatten(settings, prefix=""):
 
 
 def names(dirs):
-    """How each run is called: its directory's name, or its path where two names are the same."""
-    short = [os.path.basename(os.path.normpath(d)) for d in dirs]
-    return short if len(set(short)) == len(short) else list(dirs)
+    """How each run is called: its directory's name, or its path where two names are the same (a name that is not
+    UTF-8 shown with U+FFFD, as a terminal would)."""
+    shown = [d.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for d in dirs]
+    short = [os.path.basename(os.path.normpath(d)) for d in shown]
+    return short if len(set(short)) == len(short) else shown
 
 
 def table(runs):
@@ -95,6 +102,10 @@ def page(runs):
 def compare_command(args):
     if len(args.runs) < 2:
         raise UserError("give at least two run directories to compare")
+    paths = [os.path.realpath(run_dir) for run_dir in args.runs]
+    for i, path in enumerate(paths):
+        if path in paths[:i]:
+            raise UserError(f"{args.runs[paths.index(path)]} and {args.runs[i]} are the same run; give each run once")
     runs = [Run(run_dir) for run_dir in args.runs]
     sys.stdout.write(text_table(*table(runs)) + "\n")
     html = page(runs)

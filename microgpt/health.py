@@ -5,7 +5,7 @@ the trainer writes into the run's log.jsonl:
   per weight tensor   the gradient's norm (before clipping), the update's size relative to the weight (|Δw| / |w|;
                       about 1e-3 is healthy for Adam, far above it means the step is too big) and the weights' RMS
   per layer           the RMS of the residual stream leaving it, and the fraction of dead ReLUs (units of mlp_fc1
-                      that are off for every position of the step's first sequence; None without an MLP)
+                      that are off for every position of the step's first sequence; None without a ReLU)
 and this file turns them into a warning line, with the step, when something goes wrong: a value that is not finite
 (naming the first intermediate where it appears), a gradient norm ten times its recent median, or attention that
 has collapsed (a head whose every query puts more than 99% of its weight on one key).

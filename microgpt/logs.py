@@ -2,39 +2,69 @@
 
 train appends one JSON object per logged step (step, train loss and its moving average, lr, gradient norm,
 ms/step, tokens/s, the training health of microgpt/health.py) and one per evaluation (step, held-out loss), each with
-the seconds the run had taken (elapsed; None for a run begun before microgpt kept time).
+the seconds the run had taken (elapsed; None for a run begun before microgpt kept time). Log reads the parts that
+are drawn, each checked: a line that is not what train writes is one error that names it, never a traceback.
 """
 import json
 import os
+from typing import NamedTuple
 
 from microgpt.charts import Series, line_chart
 from microgpt.errors import UserError
 
 
+class Health(NamedTuple):
+    """The drawn part of one logged step's health."""
+    step: int
+    grad_norm: float
+    update_ratios: dict  # {tensor: |Δw| / |w|}
+    activation_rms: list  # per layer
+    dead_relu: list  # per layer: a fraction, or None (no ReLU)
+    warnings: list
+
+
+def number(x, none=False):
+    """x if it is a number (or None, where that is allowed), else TypeError."""
+    if (x is None and none) or (isinstance(x, (int, float)) and not isinstance(x, bool)):
+        return x
+    raise TypeError(f"{x!r} is not a number")
+
+
 class Log:
-    """The records of one run's log.jsonl, by kind."""
+    """The records of one run's log.jsonl: the moving-average train loss and the held-out loss, each [(step, loss)],
+    the health of the logged steps, and the seconds the run had taken at its last record."""
 
     def __init__(self, run_dir):
         path = os.path.join(run_dir, "log.jsonl")
         if not os.path.isfile(path):
             raise UserError(f"no log.jsonl in {run_dir}; give a run directory that train wrote")
-        records = []
+        self.train, self.held_out, self.health, self.elapsed = [], [], [], None
         with open(path, encoding="utf-8", errors="replace") as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except (ValueError, RecursionError):
-                    record = None
-                if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-                    raise UserError(f"{path}, line {number}, is not a record that train writes (was the file "
-                                    "cut or edited?); delete that line, or give another run")
-                records.append(record)
-        self.steps = [r for r in records if "train_loss" in r]  # the logged steps
-        self.evaluations = [r for r in records if "held_out_loss" in r]
-        self.health = [r for r in self.steps if r.get("health")]
-        self.elapsed = records[-1].get("elapsed") if records else None  # seconds, at the last record
+            for line_number, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        self._add(json.loads(line))
+                    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+                        raise UserError(f"{path}, line {line_number}, is not a record that train writes (was the file "
+                                        "cut or edited?); delete that line, or give another run") from None
+
+    def _add(self, record):
+        step = record["step"]
+        if not isinstance(step, int) or isinstance(step, bool):
+            raise TypeError("step")
+        if "train_loss" in record:
+            self.train.append((step, number(record["train_loss_smooth"])))
+        if "held_out_loss" in record:
+            self.held_out.append((step, number(record["held_out_loss"])))
+        health = record.get("health")
+        if health:
+            layers = health["layers"] or []
+            self.health.append(Health(step, number(health["grad_norm"]),
+                                      {name: number(t["update_ratio"]) for name, t in health["tensors"].items()},
+                                      [number(layer["activation_rms"]) for layer in layers],
+                                      [number(layer["dead_relu"], none=True) for layer in layers],
+                                      [str(w) for w in health["warnings"]]))
+        self.elapsed = number(record.get("elapsed"), none=True)
 
 
 def loss_chart(runs):
@@ -43,41 +73,37 @@ def loss_chart(runs):
     series = []
     for i, (name, log) in enumerate(runs.items()):
         prefix = f"{name}: " if name else ""
-        series += [Series(f"{prefix}train (avg)", [(r["step"], r["train_loss_smooth"]) for r in log.steps], i),
-                   Series(f"{prefix}held-out", [(r["step"], r["held_out_loss"]) for r in log.evaluations], i,
-                          dashed=True)]
+        series += [Series(f"{prefix}train (avg)", log.train, i), Series(f"{prefix}held-out", log.held_out, i,
+                                                                         dashed=True)]
     return line_chart("loss (nats per token)", series, y_label="loss")
 
 
 def health_charts(runs):
     """The health charts of runs {name: Log}: the gradient norm; with one run, the update/weight of each tensor and the
-    dead ReLUs of each layer; with several, their dead ReLUs' mean over the layers (a model without its MLP has none).
+    dead ReLUs of each layer; with several, their dead ReLUs' mean over the layers (a model without a ReLU has none).
     The runs that logged no health are left out."""
     runs = {name: log for name, log in runs.items() if log.health}
     if not runs:
         return []
-
     charts = [line_chart("gradient norm (before clipping)", [
-        Series(name or "all weights", [(r["step"], r["health"]["grad_norm"]) for r in log.health])
-        for name, log in runs.items()], log_y=True, y_label="norm")]
-    if len(runs) == 1:
+        Series(name or "all weights", [(h.step, h.grad_norm) for h in log.health]) for name, log in runs.items()],
+        log_y=True, y_label="norm")]
+    if len(runs) == 1:  # each tensor's update/weight and each layer's dead ReLUs
         (log,) = runs.values()
         charts.append(line_chart("update / weight, per tensor", [
-            Series(tensor, [(r["step"], r["health"]["tensors"][tensor]["update_ratio"]) for r in log.health])
-            for tensor in log.health[-1]["health"]["tensors"]], log_y=True, y_label="|Δw| / |w|"))
-    if len(runs) == 1:  # each layer's dead ReLUs; of several runs, the mean over each run's layers
-        dead = [Series(f"layer {li}", [(r["step"], r["health"]["layers"][li]["dead_relu"]) for r in log.health])
-                for li in range(len(log.health[-1]["health"]["layers"] or []))]
-    else:
-        dead = [Series(name, [(r["step"], mean_dead(r["health"]["layers"])) for r in log.health])
-                for name, log in runs.items()]
+            Series(tensor, [(h.step, h.update_ratios.get(tensor)) for h in log.health])
+            for tensor in log.health[-1].update_ratios], log_y=True, y_label="|Δw| / |w|"))
+        dead = [Series(f"layer {li}", [(h.step, h.dead_relu[li] if li < len(h.dead_relu) else None)
+                                       for h in log.health]) for li in range(len(log.health[-1].dead_relu))]
+    else:  # of several runs, the mean over each run's layers
+        dead = [Series(name, [(h.step, mean_dead(h.dead_relu)) for h in log.health]) for name, log in runs.items()]
     if any(y is not None for s in dead for _, y in s.points):
         title = "dead ReLUs, per layer" if len(runs) == 1 else "dead ReLUs, mean over the layers"
         charts.append(line_chart(f"{title} (fraction)", dead, y_label="fraction"))
     return charts
 
 
-def mean_dead(layers):
-    """The mean fraction of dead ReLUs over a step's layers (None: no ReLU, or no layer health)."""
-    found = [layer["dead_relu"] for layer in layers or [] if layer["dead_relu"] is not None]
+def mean_dead(fractions):
+    """The mean fraction of dead ReLUs over a step's layers (None: the model has no ReLU, or no layer health)."""
+    found = [x for x in fractions if x is not None]
     return sum(found) / len(found) if found else None

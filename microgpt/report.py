@@ -48,7 +48,7 @@ def build(run_dir, engine_name=None, prompt=None, num_samples=10):
                 "<h2>Loss</h2>", loss_chart({"": log})]
     if log.health:
         sections += ["<h2>Training health</h2>", *health_charts({"": log})]
-        warnings = [w for r in log.health for w in r["health"]["warnings"]]
+        warnings = [w for h in log.health for w in h.warnings]
         sections.append("<ul>" + "".join(f"<li>{esc(w)}</li>" for w in warnings) + "</ul>" if warnings
                         else "<p>No health warnings.</p>")
     text = prompt

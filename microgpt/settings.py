@@ -50,7 +50,8 @@ def add_model_options(p):
         default = REFERENCE_MODEL[flag[2:].replace("-", "_")]
         model.add_argument(flag, type=whole_number(1), metavar="N", help=f"{help_text} (default: {default})")
     model.add_argument("--ablate", type=ablations.parse, metavar=f"{{{','.join(ablations.ABLATIONS)}}}[,...]",
-                       help="train the model with pieces taken out, to see what each is for (default: none):\n"
+                       help="train the model with pieces taken out, to see what each is for (default: none, the "
+                            "full model):\n"
                             + "\n".join(f"{name}: {what}" for name, what in ablations.ABLATIONS.items()))
 
 
@@ -181,10 +182,10 @@ def resume_settings(args):
                            eval_every=args.eval_every or meta["eval_every"], log_every=args.log_every,
                            health=args.health, ablate=tuple(saved["ablate"]))
     asked = {**given(args, ("data", "format", "dtype")), **tokenizer_options(args), **given(args, MODEL_FIELDS),
-             **given(args, TRAIN_FIELDS), **({"ablate": ",".join(args.ablate) or "none"} if args.ablate is not None
+             **given(args, TRAIN_FIELDS), **({"ablate": ablations.listed(args.ablate)} if args.ablate is not None
                                               else {})}
     have = {**saved, "format": meta["data_format"], **saved["model"], **saved["train"],
-            "ablate": ",".join(saved["ablate"]) or "none"}
+            "ablate": ablations.listed(saved["ablate"])}
     conflicts = [f"--{key.replace('_', '-')} {value} (the run has {have[key]})"
                  for key, value in asked.items() if value != have[key]]
     if args.preset:

@@ -76,13 +76,13 @@ def train(out, name, steps):
 def measured(out, name, output):
     """The numbers of run `name` that the table and LOOK use."""
     log, (_, meta, _) = Log(os.path.join(out, name)), read(os.path.join(out, name, "checkpoint.safetensors"))
-    last = log.health[-1]["health"]
+    last, train_loss = log.health[-1], log.train[-1][1]
     samples = [line.split(maxsplit=1)[1] if len(line.split()) > 1 else "(empty)" for line in output.splitlines()
                if line[:3].strip().isdigit() and line[3:5] == "  "][:3]
-    return {"best": meta["best_held_out"], "train": log.steps[-1]["train_loss_smooth"], "step": meta["step"],
-            "gap": meta["best_held_out"] - log.steps[-1]["train_loss_smooth"], "grad": last["grad_norm"],
-            "rms": last["layers"][-1]["activation_rms"], "dead": mean_dead(last["layers"]),
-            "collapsed": sum("collapsed" in w for r in log.health for w in r["health"]["warnings"]),
+    return {"best": meta["best_held_out"], "train": train_loss, "step": meta["step"],
+            "gap": meta["best_held_out"] - train_loss, "grad": last.grad_norm,
+            "rms": last.activation_rms[-1], "dead": mean_dead(last.dead_relu),
+            "collapsed": sum("collapsed" in w for h in log.health for w in h.warnings),
             "elapsed": log.elapsed, "samples": samples, "diverged": "training diverged" in output}
 
 

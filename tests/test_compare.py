@@ -1,12 +1,13 @@
 """`compare`: runs side by side, a table in the terminal and one self-contained page that a browser renders; and
 the charts both `compare` and `report` draw: round ticks, a log scale, a legend that never covers a line."""
 import json
+import os
 import re
 import subprocess
 import xml.etree.ElementTree as ET
 
 import pytest
-from conftest import microgpt
+from conftest import microgpt, rewrite_header
 from test_report import CHROMIUM, SVG, png_pixels
 
 from microgpt.charts import Series, line_chart, log_ticks, nice_ticks
@@ -76,18 +77,63 @@ def test_compare_mistakes_are_one_line(compared, args, says):
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and says in result.stderr, result.stderr
 
 
-def test_a_damaged_log_is_one_line_for_report_and_compare(compared, tmp_path):
+def copy_run(source, target, log=None):
+    target.mkdir()
+    for f in source.iterdir():
+        (target / f.name).write_bytes(f.read_bytes())
+    if log:
+        (target / "log.jsonl").write_text(log(source.joinpath("log.jsonl").read_text()))
+    return target
+
+
+def records(change):
+    """A log.jsonl rewrite that changes each record (a dict) in place."""
+    def rewrite(text):
+        lines = [json.loads(line) for line in text.splitlines()]
+        for record in lines:
+            change(record)
+        return "".join(json.dumps(record) + "\n" for record in lines)
+    return rewrite
+
+
+DAMAGE = {
+    "cut while written": (lambda text: text + '{"step": 61, "train_lo', 9),  # after 6 logged steps, 2 evaluations
+    "a key missing": (records(lambda r: r.pop("train_loss_smooth", None)), 1),
+    "health without tensors": (records(lambda r: r.get("health") and r["health"].pop("tensors")), 1),
+    "a loss that is text": (records(lambda r: "held_out_loss" in r and r.update(held_out_loss="low")), 4),
+    "elapsed that is text": (records(lambda r: r.update(elapsed="soon")), 1),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_log_is_one_line_for_report_and_compare(compared, tmp_path, damage):
     where, _ = compared
-    damaged = tmp_path / "damaged"
-    damaged.mkdir()
-    for f in (where / "full").iterdir():
-        (damaged / f.name).write_bytes(f.read_bytes())
-    with (damaged / "log.jsonl").open("a") as f:
-        f.write('{"step": 61, "train_lo')  # a run killed while writing (after 6 logged steps, 2 evaluations)
+    change, line = DAMAGE[damage]
+    damaged = copy_run(where / "full", tmp_path / "damaged", change)
     for result in (microgpt("report", "--from", damaged, cwd=tmp_path),
                    microgpt("compare", damaged, where / "full", cwd=tmp_path)):
         assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
-        assert "log.jsonl, line 9, is not a record that train writes" in result.stderr
+        assert f"log.jsonl, line {line}, is not a record that train writes" in result.stderr
+
+
+def test_run_names_xml_cannot_hold_still_make_a_well_formed_page(compared, tmp_path):
+    where, _ = compared
+    odd = [copy_run(where / "full", tmp_path / "ctl\x01dir"),
+           copy_run(where / "no-mlp", tmp_path / os.fsdecode(b"bad\xffname"))]  # a control character; not UTF-8
+    result = microgpt("compare", *odd, "--out", "odd.html", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    text = "".join(ET.parse(tmp_path / "odd.html").getroot().itertext())
+    assert "ctl\ufffddir" in text and "bad\ufffdname" in text
+
+
+def test_twice_the_same_run_and_a_run_never_evaluated(compared, tmp_path):
+    where, _ = compared
+    twice = microgpt("compare", "full", "./full", cwd=where)
+    assert twice.returncode == 2 and "full and ./full are the same run" in twice.stderr
+    stopped = copy_run(where / "full", tmp_path / "stopped")  # as if stopped before its first evaluation
+    rewrite_header(stopped / "checkpoint.safetensors", lambda h: h["__metadata__"].update(best_held_out="Infinity"))
+    row = microgpt("compare", where / "full", stopped, cwd=tmp_path).stdout.splitlines()[3].split()
+    assert row[:3] == ["stopped", "-", "60/60"]
 
 
 def test_ticks_are_round_numbers():

@@ -52,7 +52,7 @@ class Layer(NamedTuple):
     attn_q: object  # (T, C) queries; head h owns columns h*C/H ... (h+1)*C/H, as in keys and values
     attn_k: object  # (T, C) keys
     attn_v: object  # (T, C) values
-    attn_scores: object  # (H, T, T) q.k / sqrt(C/H), row = query, column = key; -inf where the key is in the future
+    attn_scores: object  # (H, T, T) q.k / sqrt(C/H) (attn_scale), row = query, column = key; -inf on the future
     attn_weights: object  # (H, T, T) the softmax of each row: how much each query takes from each key (0: future)
     attn_heads: object  # (T, C) every head's weighted mix of values, side by side
     attn_proj: object  # (T, C) the heads through attn_wo
@@ -195,8 +195,9 @@ class Engine:
 
     def _layer_health(self, tokens):
         record = self.record(tokens)
-        return {"layers": [{"activation_rms": self._rms(layer.mlp_residual),  # (no MLP, no ReLU: dead_relu None)
-                            "dead_relu": None if layer.mlp_relu is None else self._dead(layer.mlp_relu)}
+        has_relu = self.has.mlp and self.has.relu  # (without one there are no dead ReLUs to count: None)
+        return {"layers": [{"activation_rms": self._rms(layer.mlp_residual),
+                            "dead_relu": self._dead(layer.mlp_relu) if has_relu else None}
                            for layer in record.layers],
                 "non_finite": self._first_non_finite(record),
                 "collapsed": [(i, h) for i, layer in enumerate(record.layers) if layer.attn_weights is not None

@@ -3,9 +3,10 @@
 Each `*_forward` / `*_backward` pair here computes what the pair of the same name in microgpt/engines/python.py
 computes, with the same parameters and the same conventions (a backward returns dx and adds into the dw it is
 given), with whole arrays instead of loops: lay the two files side by side. Documents of a batch are padded to one
-length T and the loss ignores the padding; attention is causal, so real tokens never see the padding and it
-receives no gradient. All weights live in one flat array (and so do their gradients and Adam's moments): a matrix
-is a view into it, and Adam is a few whole-array operations. float64 by default, so the numbers agree with the
+length T and the loss ignores the padding; causal attention keeps real tokens from ever seeing the padding (and
+attention that is not, `--ablate causal-mask`, hides it), so it receives no gradient. All weights live in one flat
+array (and so do their gradients and Adam's moments): a matrix is a view into it, and Adam is a few whole-array
+operations. float64 by default, so the numbers agree with the
 atomic file to rounding (float32 on request: about twice as fast, and agrees to about 1e-6).
 
 Shapes: B = documents in the batch, T = tokens per document (padded), C = n_embd, H = n_head,
@@ -107,7 +108,11 @@ def attention_backward(dout, q, k, v, weights, n_head, scale):  # dout (B, Tq, C
 
 def cross_entropy_forward(logits, targets):  # logits (B, T, V), targets (B, T) -> losses (B, T), probs (B, T, V)
     probs = softmax(logits)
-    return -np.log(probs[at_targets(targets)]), probs
+    losses = -np.log(probs[at_targets(targets)])
+    if np.isinf(losses).any():  # p underflowed to 0: -log softmax from the logits, log(sum(exp(z - max))) - (z_t - max)
+        z = logits - logits.max(axis=-1, keepdims=True)
+        losses = np.where(np.isinf(losses), np.log(np.exp(z).sum(axis=-1)) - z[at_targets(targets)], losses)
+    return losses, probs
 
 
 def cross_entropy_backward(probs, targets, dloss):  # dloss (B, T): 1/N where a token counts, 0 on padding
@@ -304,7 +309,7 @@ class Engine(Base):
         return float(np.mean(~(relu != 0).any(axis=0)))
 
     def _collapsed(self, weights):
-        seeing_two = weights[:, 1:, :]  # (H, T - 1, T): the queries that see two keys or more
+        seeing_two = weights[:, 1:, :]  # (H, T - 1, T): the queries after the first (which, causal, sees one key)
         return np.flatnonzero((seeing_two.max(axis=-1) >= health.COLLAPSED).all(axis=-1)).tolist() \
             if seeing_two.shape[1] else []
 

@@ -140,8 +140,14 @@ def attention_backward(dout, q, k, v, weights, n_head, scale, causal):  # dout (
 
 
 def cross_entropy_forward(logits, targets):  # logits (N, V), targets (N,) -> losses (N,), probs (N, V)
-    probs = [softmax(row) for row in logits]  # (a probability that underflows to 0 costs an infinite loss, as in numpy)
-    return [-math.log(p[t]) if p[t] else math.inf for p, t in zip(probs, targets)], probs
+    probs = [softmax(row) for row in logits]
+    # -log p, the reference's; where p underflows to 0 (a logit hundreds below the largest), from the logits instead
+    return [-math.log(p[t]) if p[t] else log_softmax_loss(row, t) for p, t, row in zip(probs, targets, logits)], probs
+
+
+def log_softmax_loss(z, t):  # -log softmax(z)[t] = log(sum(exp(z - max))) - (z_t - max), as torch's cross_entropy does
+    mx = max(z)
+    return math.log(sum(math.exp(zi - mx) for zi in z)) - (z[t] - mx)
 
 
 def cross_entropy_backward(probs, targets, dloss):  # d(loss)/d(logits) = dloss * (probs - one_hot)

@@ -73,8 +73,8 @@ class GPT(nn.Module):
     def forward(self, tokens, cache=None, padding=None):
         """Logits (B, T, V) for tokens (B, T) at the positions after those in `cache` (per layer, keys and values
         (B, H, T', D), which this call extends), or from position 0 without one; padding (B, T), without the causal
-        mask: True on the padding, which attention must hide. A piece the model lacks is skipped (a block, wpe)
-        or the identity (norm, residual, activation)."""
+        mask: True on the padding, which attention must hide. A piece the model lacks is skipped (a block, wpe),
+        is the identity (rmsnorm, the ReLU), or replaces the stream instead of adding to it (the residual)."""
         cfg, H, has = self.cfg, self.cfg.n_head, self.has
         start = cache[0][0].shape[2] if cache and cache[0] else 0
         x = self.wte[tokens]  # token embedding (B, T, C)
@@ -316,7 +316,7 @@ class Engine(Base):
         return float((~(relu != 0).any(dim=0)).double().mean())
 
     def _collapsed(self, weights):
-        seeing_two = weights[:, 1:, :].float()  # (H, T - 1, T): the queries that see two keys or more
+        seeing_two = weights[:, 1:, :].float()  # (H, T - 1, T): the queries after the first (causal: seeing 2+)
         if not seeing_two.shape[1]:
             return []
         return torch.nonzero((seeing_two.amax(dim=-1) >= health.COLLAPSED).all(dim=-1)).flatten().tolist()
