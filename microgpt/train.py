@@ -167,7 +167,7 @@ class Trainer:
         logged = (self.step + 1) % s.log_every == 0 or self.step + 1 == tc.steps
         batch = self.data.batch(self.step, tc.batch_size, self.cfg.block_size, tc.seed)
         loss = self.engine.loss_and_grads(batch)
-        if not math.isfinite(loss):
+        if not loss < HOPELESS:  # (NaN, too)
             raise TrainingDiverged(self.step + 1, loss, self.out_dir, self.last_saved_step,
                                    self.engine.first_non_finite(batch[0][:self.cfg.block_size]))
         snapshot_started = time.perf_counter()
@@ -208,6 +208,12 @@ class Trainer:
         for _ in range(num_samples):
             yield tok.decode(generate(self.engine, prompt, self.rng, length, self.cfg.block_size, temperature,
                                       stop=stop))
+
+
+# A mean loss above -log of the smallest float64 (744 nats a token) gives the right tokens probabilities that no float
+# can hold: whatever the engine's arithmetic makes of it (infinity from -log 0, or a finite number from the logits, as
+# torch computes it), the run has diverged
+HOPELESS = -math.log(math.ulp(0.0))
 
 
 class TrainingDiverged(UserError):
