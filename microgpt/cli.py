@@ -42,6 +42,15 @@ def add_sample_options(p):
     add_engine(p)
 
 
+def add_evaluate_options(p):
+    add_source(p)
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                   help="in a run directory: the best held-out checkpoint or the latest (default: best)")
+    p.add_argument("--data", metavar="FILE", help="a text file to evaluate on, read in the run's format "
+                   "(default: the run's held-out part)")
+    add_engine(p)
+
+
 def add_tokenize_options(p):
     add_source(p)
     p.add_argument("text", nargs="?", default="", metavar="TEXT", help="the text to cut into tokens")
@@ -100,6 +109,11 @@ COMMANDS = {  # name: (help, description, options, the function that runs it)
                "Generate text from a run directory (its best checkpoint) or a checkpoint file. For documents (lines) "
                "each sample starts after BOS and ends at BOS; a sample that only repeats a training document is "
                "marked.", add_sample_options, "microgpt.sampling:sample_command"),
+    "evaluate": ("the loss of a trained model on its held-out part, or on any text file",
+                 "The mean loss over every predicted token: of the run's held-out part, as train's final evaluation "
+                 "computes it, or of a text file (--data) read in the run's format; per token and per character, "
+                 "with the tokens counted. Every engine gives the same number.", add_evaluate_options,
+                 "microgpt.evaluation:evaluate_command"),
     "tokenize": ("show how a trained model's tokenizer cuts a text",
                  "Print the tokens of TEXT under the tokenizer saved with a run (ids and what each stands for), and "
                  "the bytes per token; --save writes the tokenizer as a text file.", add_tokenize_options,

@@ -153,7 +153,17 @@ class Dataset:
         if self.format == "lines":
             seqs = self.held_out
         else:
-            seqs = [self.held_out[i:i + block_size + 1] for i in range(0, len(self.held_out) - 1, block_size)]
+            seqs = windows(self.held_out, block_size)
             if max_windows and len(seqs) > max_windows:
                 seqs = [seqs[i * len(seqs) // max_windows] for i in range(max_windows)]
-        return [seqs[i:i + batch_size] for i in range(0, len(seqs), batch_size)]
+        return batched(seqs, batch_size)
+
+
+def windows(tokens, block_size):
+    """A stream's tokens as consecutive windows of block_size + 1, each starting where the last one's inputs end:
+    every token after the first is predicted once."""
+    return [tokens[i:i + block_size + 1] for i in range(0, len(tokens) - 1, block_size)]
+
+
+def batched(seqs, batch_size):
+    return [seqs[i:i + batch_size] for i in range(0, len(seqs), batch_size)]

@@ -18,6 +18,7 @@ import time
 from microgpt import ablations, atomic, checkpoint, engines, health
 from microgpt.datasets import Dataset
 from microgpt.errors import UserError
+from microgpt.evaluation import mean_loss
 from microgpt.initialisation import reference_weights
 from microgpt.layout import checkpoint_tensors, param_count, state_from_checkpoint
 from microgpt.metadata import to_state
@@ -109,14 +110,8 @@ class Trainer:
         signal cut it short."""
         bs = self.cfg.block_size
         batches = self.data.held_out_batches(bs, self.engine.eval_batch, None if final else self.settings.eval_windows)
-        total = count = 0
-        for batch in batches:
-            if self.engine.should_stop(self.requests.received is not None):
-                return None
-            n = engines.predicted_tokens(batch, bs)
-            total += self.engine.loss(batch) * n
-            count += n
-        return total / count
+        found = mean_loss(self.engine, batches, bs, lambda: self.engine.should_stop(self.requests.received is not None))
+        return None if found is None else found[0]
 
     def evaluate(self, final=False):
         """The held-out loss, a checkpoint, and best.safetensors (the same file) when the loss is the lowest yet."""

@@ -17,7 +17,7 @@ def test_help(run, command):
 
 def test_every_command_is_listed_in_the_top_help(run):
     listed = run("-m", "microgpt", "--help").stdout
-    assert len(COMMANDS) == 9 and all(re.search(rf"^    {name}\b", listed, re.M) for name in COMMANDS)
+    assert len(COMMANDS) == 10 and all(re.search(rf"^    {name}\b", listed, re.M) for name in COMMANDS)
 
 
 def test_train_runs_end_to_end_on_a_users_file(run, tmp_path):
