@@ -17,6 +17,7 @@ import math
 import numpy as np
 
 from microgpt import health
+from microgpt.allocator import keep_freed_memory
 from microgpt.engines.base import Engine as Base
 from microgpt.engines.base import Layer, Record, in_chunks
 from microgpt.layout import split, stacked_qkv
@@ -156,6 +157,7 @@ class Engine(Base):
 
     def __init__(self, cfg, weights, dtype="float64", ablations=()):
         super().__init__(cfg, dtype, ablations)
+        keep_freed_memory()  # a step's temporaries reuse the last step's memory (microgpt/allocator.py says why)
         self.p = np.array(weights, dtype=dtype)  # (P,) the weights, in the reference order
         self.g = np.zeros_like(self.p)  # (P,) their gradients
         self.m, self.v = np.zeros_like(self.p), np.zeros_like(self.p)  # (P,) Adam's moments
