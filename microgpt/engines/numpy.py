@@ -110,9 +110,10 @@ def attention_backward(dout, q, k, v, weights, n_head, scale):  # dout (B, Tq, C
 def cross_entropy_forward(logits, targets):  # logits (B, T, V), targets (B, T) -> losses (B, T), probs (B, T, V)
     probs = softmax(logits)
     losses = -np.log(probs[at_targets(targets)])
-    if np.isinf(losses).any():  # p underflowed to 0: -log softmax from the logits, log(sum(exp(z - max))) - (z_t - max)
+    underflowed = np.isinf(losses)  # p = 0: -log softmax from the logits, log(sum(exp(z - max))) - (z_t - max)
+    if underflowed.any():
         z = logits - logits.max(axis=-1, keepdims=True)
-        losses = np.where(np.isinf(losses), np.log(np.exp(z).sum(axis=-1)) - z[at_targets(targets)], losses)
+        losses = np.where(underflowed, np.log(np.exp(z).sum(axis=-1)) - z[at_targets(targets)], losses)
     return losses, probs
 
 

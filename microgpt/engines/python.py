@@ -267,6 +267,7 @@ class Engine(Base):
         cfg, P, has = self.cfg, self.params, self.has
         G = {name: [[0.0] * cols for _ in range(rows)] for name, (_, (rows, cols)) in self.segments.items()}
         loss, inputs, record, probs, targets, dloss = self._loss(batch)
+        bounds = list(accumulate(map(len, inputs), initial=0))  # where each document starts and ends in the N rows
         dlogits = cross_entropy_backward(probs, targets, dloss)
         dx = linear_backward(dlogits, record.stream(cfg.n_layer), P["lm_head"], G["lm_head"])
         for li in reversed(range(cfg.n_layer)):
@@ -278,7 +279,7 @@ class Engine(Base):
                 dbranch = rmsnorm_backward(dnorm, layer.attn_residual) if has.rmsnorm else dnorm
                 dx = matadd(dbranch, dx) if has.residual else dbranch
             if has.attention:  # attn_residual = x + attn_wo(attention(q, k, v)), q, k, v projections of rmsnorm(x)
-                dnorm = self._attention_backward(dx, layer, inputs, G, L)
+                dnorm = self._attention_backward(dx, layer, bounds, G, L)
                 dbranch = rmsnorm_backward(dnorm, record.stream(li)) if has.rmsnorm else dnorm
                 dx = matadd(dbranch, dx) if has.residual else dbranch
         dx = rmsnorm_backward(dx, record.embedding) if has.rmsnorm else dx
@@ -287,10 +288,10 @@ class Engine(Base):
         self.g = list(chain.from_iterable(chain.from_iterable(G.values())))  # (P,) in the reference order
         return loss
 
-    def _attention_backward(self, dx, layer, inputs, G, L):
+    def _attention_backward(self, dx, layer, bounds, G, L):
         """From dx (N, C), the gradient of an attention block's output, the gradients of attn_wo and of q, k and v's
-        weights into G, and the gradient (N, C) of what q, k and v read (attn_norm)."""
-        P, C, bounds = self.params, self.cfg.n_embd, list(accumulate(map(len, inputs), initial=0))
+        weights into G, and the gradient (N, C) of what q, k and v read (attn_norm); `bounds`: the documents' rows."""
+        P, C = self.params, self.cfg.n_embd
         dheads = linear_backward(dx, layer.attn_heads, P[L + "attn_wo"], G[L + "attn_wo"])
         dqkv = []  # (N, 3C): dq, dk and dv side by side, as the forward's one product made them
         for a, b, weights in zip(bounds, bounds[1:], layer.attn_weights):
