@@ -23,7 +23,8 @@ from microgpt.errors import UserError
 from microgpt.files import read_bytes
 
 FORMAT = "microgpt"
-VERSION = 3  # the checkpoint format; a reader refuses a newer one (2: evaluation_due; 3: ablations, elapsed)
+# the checkpoint format; a reader refuses a newer one (2: evaluation_due; 3: ablations, elapsed; 4: dropout)
+VERSION = 4
 DTYPES = {"F64": "d", "F32": "f"}  # safetensors dtype -> array typecode (and memoryview format)
 ITEMSIZE = {"F64": 8, "F32": 4}  # bytes per value
 MAX_HEADER = 100_000_000  # bytes; the safetensors library refuses a longer header too

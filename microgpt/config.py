@@ -24,6 +24,7 @@ class TrainConfig:
     eps: float = 1e-8
     seed: int = 42
     init_std: float = 0.08  # the reference draws every weight from N(0, 0.08); wider models want less
+    dropout: float = 0.0  # the probability of zeroing an activation in training (microgpt/dropout.py); 0 = off
 
 
 DTYPES = ("float64", "float32", "bfloat16")  # what a run can compute in (each engine offers some)

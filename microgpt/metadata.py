@@ -72,7 +72,8 @@ SHA256 = (lambda x: isinstance(x, str) and len(x) == 64 and set(x) <= set(string
           "64 hex digits")
 BY_TYPE = {int: whole(), float: number(), str: TEXT}  # a TrainConfig field's schema, from its annotation
 TRAIN = {f.name: BY_TYPE[f.type] for f in fields(TrainConfig)} | {
-    "steps": whole(1), "batch_size": whole(1), "warmup": whole(0), "schedule": one_of(*SCHEDULES)}
+    "steps": whole(1), "batch_size": whole(1), "warmup": whole(0), "schedule": one_of(*SCHEDULES),
+    "dropout": (lambda x: number()[0](x) and 0 <= x < 1, "a number in [0, 1)")}
 TOKENIZERS = {  # the tokenizer's own fields, by its "type"
     "char": {"type": TEXT, "chars": TEXT},
     "bpe": {"type": TEXT, "presplit": FLAG, "merges": list_of(list_of(whole(0), length=2))},
@@ -102,9 +103,16 @@ def from_version_2(meta):  # version 2 had no ablations and kept no time
     meta.update(version=3, elapsed=None)
 
 
+def from_version_3(meta):  # version 3 had no dropout
+    if isinstance(meta.get("settings"), dict) and isinstance(meta["settings"].get("train"), dict):
+        meta["settings"]["train"]["dropout"] = 0.0
+    meta.update(version=4)
+
+
 UPGRADES = {  # format version -> what turns its metadata into the next version's
     1: lambda meta: meta.update(version=2, evaluation_due=False),  # version 1 never cut an evaluation short
     2: from_version_2,
+    3: from_version_3,
 }
 
 

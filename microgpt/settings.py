@@ -94,6 +94,10 @@ def add_training_options(p):
     training.add_argument("--seed", type=int, metavar="N", help=f"random seed (default: {d.seed})")
     training.add_argument("--init-std", type=positive_number, metavar="S",
                           help=f"standard deviation of the initial weights (default: {d.init_std})")
+    training.add_argument("--dropout", type=number_in(0, 1), metavar="P",
+                          help="in training, zero each activation of the embedding, the attention weights and the "
+                               "blocks' outputs with probability P (python, numpy and torch engines; "
+                               f"default: {d.dropout})")
 
 
 def add_output_options(p):

@@ -17,6 +17,7 @@ import time
 
 from microgpt import ablations, atomic, checkpoint, engines, health
 from microgpt.datasets import Dataset
+from microgpt.dropout import Dropout
 from microgpt.errors import UserError
 from microgpt.evaluation import mean_loss
 from microgpt.initialisation import reference_weights
@@ -47,6 +48,9 @@ class Trainer:
         weights = state[0] if state else reference_weights(self.cfg, self.rng, tc.init_std)
         self.engine = engines.create(settings.engine or engines.fastest(), self.cfg, weights, settings.dtype,
                                      settings.ablate, **settings.engine_options)
+        if tc.dropout and self.engine.name == "scalar":
+            raise UserError(f"--dropout {tc.dropout}: the scalar engine is the atomic file, which has no dropout; use "
+                            "--engine python, numpy or torch")
         if tc.batch_size < self.engine.world:
             raise UserError(f"--batch-size {tc.batch_size} gives some of the {self.engine.world} processes nothing "
                             f"to do; use a batch of at least {self.engine.world}")
@@ -161,7 +165,7 @@ class Trainer:
         started = time.perf_counter()
         logged = (self.step + 1) % s.log_every == 0 or self.step + 1 == tc.steps
         batch = self.data.batch(self.step, tc.batch_size, self.cfg.block_size, tc.seed)
-        loss = self.engine.loss_and_grads(batch)
+        loss = self.engine.loss_and_grads(batch, Dropout(tc.dropout, tc.seed, self.step) if tc.dropout else None)
         if not loss < HOPELESS:  # (NaN, too)
             raise TrainingDiverged(self.step + 1, loss, self.out_dir, self.last_saved_step,
                                    self.engine.first_non_finite(batch[0][:self.cfg.block_size]))
@@ -240,7 +244,7 @@ def train_command(args):
             f"({trainer.engine.describe()})\n"
             f"training: {tc.steps} steps of batch {tc.batch_size}, lr {tc.lr} ({tc.schedule}"
             f"{f', warmup {tc.warmup}' if tc.warmup else ''}), weight decay {tc.weight_decay}, grad clip "
-            f"{tc.grad_clip or 'off'}, seed {tc.seed}\n"
+            f"{tc.grad_clip or 'off'}{f', dropout {tc.dropout}' if tc.dropout else ''}, seed {tc.seed}\n"
             f"run directory: {out_dir}" + (f" (resuming after step {trainer.step})" if state else "") + "\n")
     trainer.run()
     if trainer.stop_requested:

@@ -153,7 +153,7 @@ def test_python_and_array_engines_lay_side_by_side_function_for_function(name):
     # python.py and numpy.py (and what torch.py writes by hand) diff cleanly
     module = importlib.import_module(f"microgpt.engines.{name}")
     pairs = sorted(n for n in vars(python_engine) if n.endswith(("_forward", "_backward")))
-    assert len(pairs) == 12  # embedding, rmsnorm, linear, relu, attention, cross_entropy
+    assert len(pairs) == 14  # embedding, rmsnorm, linear, relu, dropout, attention, cross_entropy
     if name == "numpy":
         assert sorted(n for n in vars(module) if n.endswith(("_forward", "_backward"))) == pairs
     shared = [*pairs, "rms_scale", "adam_update", "softmax"] if name == "numpy" else ["adam_update", "softmax"]

@@ -170,17 +170,20 @@ def test_tokenize_save_to_nowhere(run):
                           "cannot write /no/such/dir/t.txt")
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_an_older_checkpoint_is_still_read(run, tmp_path, version):
     """Format version 1 had no evaluation_due (it never cut an evaluation short): read as false, not refused; versions
-    1 and 2 had no ablations (read as none) and kept no time (read as unknown)."""
+    1 and 2 had no ablations (read as none) and kept no time (read as unknown); versions 1 to 3 had no dropout (read
+    as 0)."""
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
 
     def to_older(header):
         meta = header["__metadata__"]
-        del meta["elapsed"]
-        settings = {k: v for k, v in json.loads(meta["settings"]).items() if k != "ablate"}
+        settings = json.loads(meta["settings"])
+        del settings["train"]["dropout"]
+        if version < 3:
+            del meta["elapsed"], settings["ablate"]
         settings["train"]["steps"] = 210  # (so that a resume has steps to take, and saves)
         meta["settings"] = json.dumps(settings)
         if version == 1:
@@ -191,10 +194,12 @@ def test_an_older_checkpoint_is_still_read(run, tmp_path, version):
     assert result.returncode == 0 and result.stdout.startswith("run/checkpoint.safetensors: step 200"), result.stderr
     resumed = microgpt("train", "--resume", "run", "--num-samples", 0, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
-    newer = copy / "checkpoint.safetensors"  # (resaved as version 3, its time unknown)
-    assert checkpoint.load(newer)[1]["elapsed"] is None and checkpoint.load(newer)[1]["version"] == 3
-    rewrite_header(newer, lambda header: header["__metadata__"].pop("evaluation_due"))  # a version 3 file needs it
-    assert_one_line_error(microgpt("sample", "--from", newer, cwd=tmp_path), "evaluation_due is missing")
+    newer = checkpoint.load(copy / "checkpoint.safetensors")[1]  # (resaved as version 4, its time unknown before 3)
+    assert newer["version"] == 4 and newer["settings"]["train"]["dropout"] == 0.0
+    assert (newer["elapsed"] is None) == (version < 3)
+    rewrite_header(copy / "checkpoint.safetensors", lambda header: header["__metadata__"].pop("evaluation_due"))
+    assert_one_line_error(microgpt("sample", "--from", copy / "checkpoint.safetensors", cwd=tmp_path),
+                          "evaluation_due is missing")  # a version 4 file needs it
 
 
 def test_resume_of_a_run_that_read_a_byte_order_mark_as_a_character(tmp_path):

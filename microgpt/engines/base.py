@@ -9,10 +9,11 @@ an engine what it has. What it offers:
                     (initialisation.reference_weights, or a checkpoint's), dtype one of the class's `dtypes`,
                     ablations the pieces taken out of the model (microgpt/ablations.py; the scalar engine has none);
                     options: the torch engine's device, attention, compile. Attributes: name, cfg, dtypes, ablations
-  training      loss_and_grads(batch) -> the mean loss over every predicted token of a batch of token lists
-                    (each cut to block_size + 1 tokens), filling the gradients; clip_grads(max_norm) -> the
+  training      loss_and_grads(batch, dropout=None) -> the mean loss over every predicted token of a batch of
+                    token lists (each cut to block_size + 1 tokens), filling the gradients; dropout: the step's
+                    microgpt/dropout.Dropout, or None (the scalar engine has none); clip_grads(max_norm) -> the
                     gradient's global norm before clipping; adam_step(step, lr_t, beta1, beta2, eps, weight_decay)
-  evaluation    loss(batch) -> the same mean loss, no gradients
+  evaluation    loss(batch) -> the same mean loss, no gradients (and never dropout: nor has anything below)
   sampling      new_cache(); forward(tokens, cache) -> the logits (T, V), lists of floats, after the cached tokens
                     (each engine's kv_cache() and forward_cached(); this file runs the whole context again instead
                     where no cache can keep a position's keys: without the causal mask, or without attention)
@@ -53,23 +54,26 @@ class Layer(NamedTuple):
     attn_k: object  # (T, C) keys
     attn_v: object  # (T, C) values
     attn_scores: object  # (H, T, T) q.k / sqrt(C/H) (attn_scale), row = query, column = key; -inf on the future
-    attn_weights: object  # (H, T, T) the softmax of each row: how much each query takes from each key (0: future)
+    attn_weights: object  # (H, T, T) the softmax of each row: how much each query takes from each key (0: future);
+    # in training with dropout, the weights applied are these times the mask (Record.masks)
     attn_heads: object  # (T, C) every head's weighted mix of values, side by side
-    attn_proj: object  # (T, C) the heads through attn_wo
+    attn_proj: object  # (T, C) the heads through attn_wo (and, in training with dropout, the mask)
     attn_residual: object  # (T, C) the stream plus attn_proj
     mlp_norm: object  # (T, C) attn_residual, rmsnormed
     mlp_fc1: object  # (T, 4C)
     mlp_relu: object  # (T, 4C)
-    mlp_fc2: object  # (T, C)
+    mlp_fc2: object  # (T, C) (and, in training with dropout, the mask)
     mlp_residual: object  # (T, C) attn_residual plus mlp_fc2: the stream leaving the block
 
 
 class Record(NamedTuple):
     """Every intermediate of a forward pass: what `trace` prints and what a hand-written backward reads."""
-    embedding: object  # (T, C) wte[token] + wpe[position]
+    embedding: object  # (T, C) wte[token] + wpe[position] (and, in training with dropout, the mask)
     embedding_norm: object  # (T, C) rmsnormed: the stream entering layer 0
     layers: list  # a Layer per block
     logits: object  # (T, V)
+    masks: dict = None  # a training step's dropout masks, by place (microgpt/dropout.py), which the backward reapplies
+
 
     def stream(self, i):
         """The residual stream entering layer i (i = n_layer: the one lm_head reads)."""
@@ -102,7 +106,7 @@ class Engine:
 
     # -- training, evaluation, sampling: every engine's own --------------------------------------------------------
 
-    def loss_and_grads(self, batch):
+    def loss_and_grads(self, batch, dropout=None):
         raise NotImplementedError
 
     def loss(self, batch):

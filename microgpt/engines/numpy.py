@@ -18,6 +18,7 @@ import numpy as np
 
 from microgpt import health
 from microgpt.allocator import keep_freed_memory
+from microgpt.dropout import ATTENTION_OUTPUT, ATTENTION_WEIGHTS, EMBEDDING, MLP_OUTPUT, kept
 from microgpt.engines.base import Engine as Base
 from microgpt.engines.base import Layer, Record, in_chunks
 from microgpt.layout import split, stacked_qkv
@@ -66,6 +67,23 @@ def relu_backward(dy, x):  # the gradient passes where the input was positive
     return dy * (x > 0)
 
 
+def dropout_forward(x, mask):  # x times its mask (0, or 1 / (1 - p) where kept), of the same shape
+    return x if mask is None else x * mask
+
+
+def dropout_backward(dy, mask):  # a product with constants: the gradient is multiplied by them too
+    return dropout_forward(dy, mask)
+
+
+def dropout_mask(dropout, key, documents, shape, strides, dtype):
+    """(B, *shape): dropout.scale where the activation of documents[b] at coordinate sum(index * stride) is kept, 0
+    where dropped (microgpt/dropout.py)."""
+    coordinate = sum(np.arange(n).reshape((-1,) + (1,) * (len(shape) - 1 - axis)) * stride
+                     for axis, (n, stride) in enumerate(zip(shape, strides)))
+    documents = np.asarray(documents, dtype=np.int64).reshape((-1,) + (1,) * len(shape))
+    return kept(dropout.p, key, documents, coordinate).astype(dtype) * dropout.scale
+
+
 def softmax(z):  # along the last axis, the reference's arithmetic: exp(z - max) * (sum)^-1
     e = np.exp(z - z.max(axis=-1, keepdims=True))
     return e * e.sum(axis=-1, keepdims=True) ** -1
@@ -81,12 +99,13 @@ def merge_heads(x):  # (B, H, T, D) -> (B, T, C)
     return x.transpose(0, 2, 1, 3).reshape(B, T, H * D)
 
 
-def attention_forward(q, k, v, n_head, scale, causal, padding=None):
+def attention_forward(q, k, v, n_head, scale, causal, dropped=None, padding=None):
     """Self-attention, scores scaled by `scale`. q (B, Tq, C); k, v (B, Tk, C) with Tk >= Tq: the queries are the last
-    Tq positions, so, causal, query i sees keys 0 ... Tk - Tq + i (else every key). padding (B, Tk), without the
-    causal mask: True at the keys that pad a shorter document, which no query may see (causal attention needs no
-    such mask: padding follows a document's tokens, so they never see it). Returns out (B, Tq, C) and the scores and
-    weights (B, H, Tq, Tk), -inf and 0 where a key is hidden."""
+    Tq positions, so, causal, query i sees keys 0 ... Tk - Tq + i (else every key). dropped (B, H, Tq, Tk): the
+    weights' dropout masks, in training. padding (B, Tk), without the causal mask: True at the keys that pad a
+    shorter document, which no query may see (causal attention needs no such mask: padding follows a document's
+    tokens, so they never see it). Returns out (B, Tq, C) and the scores and weights (B, H, Tq, Tk) (before dropout),
+    -inf and 0 where a key is hidden."""
     Tq, Tk = q.shape[1], k.shape[1]
     scores = split_heads(q, n_head) @ split_heads(k, n_head).transpose(0, 1, 3, 2) * scale  # (B, H, Tq, Tk)
     if causal:
@@ -94,14 +113,15 @@ def attention_forward(q, k, v, n_head, scale, causal, padding=None):
     if padding is not None:
         scores[np.broadcast_to(padding[:, None, None, :], scores.shape)] = -np.inf
     weights = softmax(scores)
-    return merge_heads(weights @ split_heads(v, n_head)), scores, weights
+    return merge_heads(dropout_forward(weights, dropped) @ split_heads(v, n_head)), scores, weights
 
 
-def attention_backward(dout, q, k, v, weights, n_head, scale):  # dout (B, Tq, C) -> dq (B, Tq, C), dk, dv (B, Tk, C)
-    # (the weights of hidden keys are 0, so their scores get no gradient: no mask needed here)
+def attention_backward(dout, q, k, v, weights, n_head, scale, dropped=None):
+    """dout (B, Tq, C) -> dq (B, Tq, C), dk, dv (B, Tk, C); dropped: the forward's dropout masks of the weights, or
+    None. (The weights of hidden keys are 0, so their scores get no gradient: no mask needed here.)"""
     q_h, k_h, v_h, g_h = (split_heads(a, n_head) for a in (q, k, v, dout))
-    dw = g_h @ v_h.transpose(0, 1, 3, 2)  # (B, H, Tq, Tk): d(loss)/d(weight of key t)
-    dv = weights.transpose(0, 1, 3, 2) @ g_h
+    dw = dropout_backward(g_h @ v_h.transpose(0, 1, 3, 2), dropped)  # (B, H, Tq, Tk): d(loss)/d(weight of key t)
+    dv = dropout_forward(weights, dropped).transpose(0, 1, 3, 2) @ g_h
     dscores = weights * (dw - (weights * dw).sum(axis=-1, keepdims=True)) * scale  # softmax backward
     dq, dk = dscores @ k_h, dscores.transpose(0, 1, 3, 2) @ q_h
     return merge_heads(dq), merge_heads(dk), merge_heads(dv)
@@ -182,16 +202,18 @@ class Engine(Base):
     def forward_cached(self, tokens, cache):
         return self._forward(np.array([tokens]), cache).logits[0].tolist()
 
-    def _forward(self, tokens, cache=None, scores_too=False, padding=None):
+    def _forward(self, tokens, cache=None, scores_too=False, padding=None, dropout=None):
         """The Record of a forward pass over documents, token rows (B, T) padded to one length (padding (B, T): True
         on the padding, given when attention is not causal); `cache` (for one document) holds the keys and values of
         earlier positions, which this call extends. Attention's scores are kept for a trace only: the backward needs
         the weights alone, and at nanoGPT's size every layer's scores of a batch of 64 are 100 MB. A piece the model
-        lacks (self.has, microgpt/ablations.py) is skipped, or is the identity."""
+        lacks (self.has, microgpt/ablations.py) is skipped, or is the identity. With `dropout` (a training step's,
+        microgpt/dropout.py) the record holds its masks, and the values after them."""
         cfg, P, has = self.cfg, self.params, self.has
         start = cache[0][0].shape[1] if cache is not None else 0
         positions = np.arange(start, start + tokens.shape[1]) if has.position else None
-        embedding = embedding_forward(P["wte"], P["wpe"], tokens, positions)  # (B, T, C)
+        masks = self._dropout_masks(*tokens.shape, dropout) if dropout else {}
+        embedding = dropout_forward(embedding_forward(P["wte"], P["wpe"], tokens, positions), masks.get(EMBEDDING))
         x = embedding_norm = rmsnorm_forward(embedding) if has.rmsnorm else embedding
         layers, C = [], cfg.n_embd
         for li in range(cfg.n_layer):
@@ -206,8 +228,8 @@ class Engine(Base):
                     keys = cache[li][0] = np.concatenate([cache[li][0], k], axis=1)
                     values = cache[li][1] = np.concatenate([cache[li][1], v], axis=1)
                 heads, scores, weights = attention_forward(q, keys, values, cfg.n_head, self.attn_scale,
-                                                           has.causal_mask, padding)
-                proj = linear_forward(heads, P[L + "attn_wo"])  # (B, T, C)
+                                                           has.causal_mask, masks.get((ATTENTION_WEIGHTS, li)), padding)
+                proj = dropout_forward(linear_forward(heads, P[L + "attn_wo"]), masks.get((ATTENTION_OUTPUT, li)))
                 attn_residual = proj + x if has.residual else proj
                 attention = (attn_norm, q, k, v, scores if scores_too else None, weights, heads, proj)
             mlp, x = (None,) * 4, attn_residual  # (no MLP block: the stream passes by)
@@ -215,12 +237,31 @@ class Engine(Base):
                 mlp_norm = rmsnorm_forward(attn_residual) if has.rmsnorm else attn_residual
                 fc1 = linear_forward(mlp_norm, P[L + "mlp_fc1"])  # (B, T, 4C)
                 relu = relu_forward(fc1) if has.relu else fc1
-                fc2 = linear_forward(relu, P[L + "mlp_fc2"])  # (B, T, C)
+                fc2 = dropout_forward(linear_forward(relu, P[L + "mlp_fc2"]), masks.get((MLP_OUTPUT, li)))
                 mlp, x = (mlp_norm, fc1, relu, fc2), fc2 + attn_residual if has.residual else fc2
             layers.append(Layer(*attention, attn_residual, *mlp, x))
-        return Record(embedding, embedding_norm, layers, linear_forward(x, P["lm_head"]))  # logits (B, T, V)
+        return Record(embedding, embedding_norm, layers, linear_forward(x, P["lm_head"]), masks)  # logits (B, T, V)
 
-    def _loss(self, batch):
+    def _dropout_masks(self, B, T, dropout):
+        """{place or (place, layer): mask} of a training step's dropout over documents (B, T): the embedding's,
+        attention's and the MLP's outputs' (B, T, C), the attention weights' (B, H, T, T)."""
+        C, H, S, has, dtype = self.cfg.n_embd, self.cfg.n_head, self.cfg.block_size, self.has, self.p.dtype
+        documents = np.arange(B)
+
+        def rows(key):
+            return dropout_mask(dropout, key, documents, (T, C), (C, 1), dtype)
+
+        masks = {EMBEDDING: rows(dropout.key(EMBEDDING))}
+        for li in range(self.cfg.n_layer):
+            if has.attention:
+                masks[ATTENTION_WEIGHTS, li] = dropout_mask(dropout, dropout.key(ATTENTION_WEIGHTS, li), documents,
+                                                            (H, T, T), (S * S, S, 1), dtype)
+                masks[ATTENTION_OUTPUT, li] = rows(dropout.key(ATTENTION_OUTPUT, li))
+            if has.mlp:
+                masks[MLP_OUTPUT, li] = rows(dropout.key(MLP_OUTPUT, li))
+        return masks
+
+    def _loss(self, batch, dropout=None):
         """The mean loss over every predicted token of a batch of documents (each cut to block_size + 1 tokens, padded
         to the longest), and what the backward needs: the inputs, the record, the probabilities, the targets, each
         token's share (0 on padding)."""
@@ -232,7 +273,7 @@ class Engine(Base):
             padded[b, :len(seq)] = seq
             counts[b, :len(seq) - 1] = 1.0
         inputs, targets = padded[:, :-1], padded[:, 1:]
-        record = self._forward(inputs, padding=None if self.has.causal_mask else counts == 0)
+        record = self._forward(inputs, padding=None if self.has.causal_mask else counts == 0, dropout=dropout)
         losses, probs = cross_entropy_forward(record.logits, targets)
         loss = float((losses * counts).sum() * (1 / counts.sum()))
         return loss, inputs, record, probs, targets, counts * (1 / counts.sum())
@@ -242,30 +283,33 @@ class Engine(Base):
         return self._loss(batch)[0]
 
     @np.errstate(all="ignore")
-    def loss_and_grads(self, batch):
+    def loss_and_grads(self, batch, dropout=None):
         """The mean loss of a batch, and its gradient with respect to every weight into self.g."""
         cfg, P, G, has = self.cfg, self.params, self.grads, self.has
         self.g[:] = 0.0
-        loss, inputs, record, probs, targets, dloss = self._loss(batch)
+        loss, inputs, record, probs, targets, dloss = self._loss(batch, dropout)
+        masks = record.masks
         dlogits = cross_entropy_backward(probs, targets, dloss)
         dx = linear_backward(dlogits, record.stream(cfg.n_layer), P["lm_head"], G["lm_head"])
         for li in reversed(range(cfg.n_layer)):
             L, layer = f"layer{li}.", record.layers[li]
             if has.mlp:  # x_out = attn_residual + mlp_fc2(relu(mlp_fc1(rmsnorm(attn_residual)))): dx into both
-                drelu = linear_backward(dx, layer.mlp_relu, P[L + "mlp_fc2"], G[L + "mlp_fc2"])
+                dfc2 = dropout_backward(dx, masks.get((MLP_OUTPUT, li)))
+                drelu = linear_backward(dfc2, layer.mlp_relu, P[L + "mlp_fc2"], G[L + "mlp_fc2"])
                 dfc1 = relu_backward(drelu, layer.mlp_fc1) if has.relu else drelu
                 dnorm = linear_backward(dfc1, layer.mlp_norm, P[L + "mlp_fc1"], G[L + "mlp_fc1"])
                 dbranch = rmsnorm_backward(dnorm, layer.attn_residual) if has.rmsnorm else dnorm
                 dx = dbranch + dx if has.residual else dbranch
             if has.attention:  # attn_residual = x + attn_wo(attention(q, k, v)), q, k, v projections of rmsnorm(x)
-                dheads = linear_backward(dx, layer.attn_heads, P[L + "attn_wo"], G[L + "attn_wo"])
-                dq, dk, dv = attention_backward(dheads, layer.attn_q, layer.attn_k, layer.attn_v,
-                                                layer.attn_weights, cfg.n_head, self.attn_scale)
+                dproj = dropout_backward(dx, masks.get((ATTENTION_OUTPUT, li)))
+                dheads = linear_backward(dproj, layer.attn_heads, P[L + "attn_wo"], G[L + "attn_wo"])
+                dq, dk, dv = attention_backward(dheads, layer.attn_q, layer.attn_k, layer.attn_v, layer.attn_weights,
+                                                cfg.n_head, self.attn_scale, masks.get((ATTENTION_WEIGHTS, li)))
                 dqkv = np.concatenate([dq, dk, dv], axis=-1)  # (B, T, 3C), as the forward's one product made them
                 dnorm = linear_backward(dqkv, layer.attn_norm, P[L + "attn_qkv"], G[L + "attn_qkv"])
                 dbranch = rmsnorm_backward(dnorm, record.stream(li)) if has.rmsnorm else dnorm
                 dx = dbranch + dx if has.residual else dbranch
-        dx = rmsnorm_backward(dx, record.embedding) if has.rmsnorm else dx
+        dx = dropout_backward(rmsnorm_backward(dx, record.embedding) if has.rmsnorm else dx, masks.get(EMBEDDING))
         positions = np.arange(inputs.shape[1]) if has.position else None
         embedding_backward(dx, inputs, positions, G["wte"], G["wpe"])
         return loss

@@ -15,6 +15,7 @@ import math
 from itertools import accumulate, chain
 from operator import add, mul
 
+from microgpt.dropout import ATTENTION_OUTPUT, ATTENTION_WEIGHTS, EMBEDDING, MLP_OUTPUT, kept
 from microgpt.engines.base import Engine as Base
 from microgpt.engines.base import Layer, Record
 
@@ -81,6 +82,22 @@ def matadd(a, b):  # (N, n) + (N, n): a residual connection, or two gradients of
     return [list(map(add, a_row, b_row)) for a_row, b_row in zip(a, b)]
 
 
+def dropout_forward(x, mask):  # (N, n) * (N, n): each activation times its mask (0, or 1 / (1 - p) where kept)
+    return x if mask is None else [list(map(mul, row, mask_row)) for row, mask_row in zip(x, mask)]
+
+
+def dropout_backward(dy, mask):  # a product with constants: the gradient is multiplied by them too
+    return dropout_forward(dy, mask)
+
+
+def dropout_mask(dropout, key, document, rows, cols, first=0, stride=None):
+    """(rows, cols): dropout.scale where the activation at coordinate first + r * stride + c (stride: cols unless
+    given) of `document` is kept, 0.0 where dropped (microgpt/dropout.py)."""
+    stride, scale = stride or cols, dropout.scale
+    return [[scale if kept(dropout.p, key, document, first + r * stride + c) else 0.0 for c in range(cols)]
+            for r in range(rows)]
+
+
 def softmax(z):  # (n,) -> (n,), the reference's arithmetic: exp(z - max) * (sum)^-1
     mx = max(z)
     e = [math.exp(zi - mx) for zi in z]
@@ -88,11 +105,11 @@ def softmax(z):  # (n,) -> (n,), the reference's arithmetic: exp(z - max) * (sum
     return [ei * inv for ei in e]
 
 
-def attention_forward(q, k, v, n_head, scale, causal):
+def attention_forward(q, k, v, n_head, scale, causal, dropped=None):
     """Self-attention of one sequence, scores scaled by `scale`. q (Tq, C); k, v (Tk, C) with Tk >= Tq: the queries
     are the last Tq positions (earlier keys and values come from a cache), so, causal, query i sees keys
-    0 ... Tk - Tq + i (else every key). Returns out (Tq, C) and the scores and weights (H, Tq, Tk), -inf and 0
-    where the key is in the future."""
+    0 ... Tk - Tq + i (else every key). dropped (H, Tq, Tk): the weights' dropout masks, in training. Returns out
+    (Tq, C) and the scores and weights (H, Tq, Tk) (before dropout), -inf and 0 where the key is in the future."""
     D = len(q[0]) // n_head
     out, scores, weights = [[] for _ in q], [], []
     for h in range(n_head):
@@ -104,7 +121,8 @@ def attention_forward(q, k, v, n_head, scale, causal):
             q_hi, seen = q_row[lo:hi], len(k) - len(q) + 1 + i if causal else len(k)  # it sees keys 0 ... seen - 1
             s = [sum(map(mul, q_hi, k_t)) * scale for k_t in k_h[:seen]]
             w = softmax(s)
-            out[i] += [sum(map(mul, w, v_col)) for v_col in v_cols]  # map stops at the keys seen
+            w_kept = w if dropped is None else list(map(mul, w, dropped[h][i]))  # (map stops at the keys seen)
+            out[i] += [sum(map(mul, w_kept, v_col)) for v_col in v_cols]
             scores_h.append(s + [-math.inf] * (len(k) - seen))
             weights_h.append(w + [0.0] * (len(k) - seen))
         scores.append(scores_h)
@@ -112,7 +130,8 @@ def attention_forward(q, k, v, n_head, scale, causal):
     return out, scores, weights
 
 
-def attention_backward(dout, q, k, v, weights, n_head, scale, causal):  # dout (Tq, C) -> dq (Tq, C), dk, dv (Tk, C)
+def attention_backward(dout, q, k, v, weights, n_head, scale, causal, dropped=None):
+    """dout (Tq, C) -> dq (Tq, C), dk, dv (Tk, C); dropped: the forward's dropout masks of the weights, or None."""
     D = len(q[0]) // n_head
     Tk = len(k)
     dq, dk, dv = [[] for _ in q], [[] for _ in k], [[] for _ in k]
@@ -124,13 +143,15 @@ def attention_backward(dout, q, k, v, weights, n_head, scale, causal):  # dout (
         dscores = []  # (Tq, keys seen): the gradient of each score
         for i, (g, w) in enumerate(zip(g_h, weights[h])):
             seen = Tk - len(q) + 1 + i if causal else Tk
-            dw = [sum(map(mul, g, v_t)) for v_t in v_h[:seen]]  # d(loss)/d(weight of key t)
+            dw = [sum(map(mul, g, v_t)) for v_t in v_h[:seen]]  # d(loss)/d(weight of key t), as the values saw it
+            dw = dw if dropped is None else list(map(mul, dw, dropped[h][i]))
             centre = sum(map(mul, w, dw))  # softmax backward: ds_t = w_t * (dw_t - sum_s w_s dw_s)
             dscores.append([w_t * (dw_t - centre) * scale for w_t, dw_t in zip(w, dw)])
         for i, ds in enumerate(dscores):
             dq[i] += [sum(map(mul, ds, k_col)) for k_col in k_cols]
         # dv[t] = sum_i w_i[t] g_i and dk[t] = sum_i ds_i[t] q_i: the keys' columns, zeros where i does not see t
-        w_cols = list(zip(*weights[h]))  # (Tk, Tq)
+        applied = weights[h] if dropped is None else dropout_forward(weights[h], dropped[h])  # (Tq, Tk)
+        w_cols = list(zip(*applied))  # (Tk, Tq)
         ds_cols = list(zip(*[ds + [0.0] * (Tk - len(ds)) for ds in dscores]))
         g_cols, q_cols = list(zip(*g_h)), list(zip(*q_h))  # (D, Tq)
         for t in range(Tk):
@@ -208,17 +229,19 @@ class Engine(Base):
     def forward_cached(self, tokens, cache):
         return self._forward([tokens], cache).logits
 
-    def _forward(self, seqs, cache=None, scores_too=False):
+    def _forward(self, seqs, cache=None, scores_too=False, dropout=None):
         """The Record of a forward pass over documents (token lists) laid end to end (N rows), each attending within
         itself; `cache` (for one document) holds earlier positions' keys and values, which this call extends.
         Attention's weights (and, for a trace only, scores: the backward does not need them) are per document.
-        A piece the model lacks (self.has, microgpt/ablations.py) is skipped, or is the identity."""
+        A piece the model lacks (self.has, microgpt/ablations.py) is skipped, or is the identity. With `dropout` (a
+        training step's, microgpt/dropout.py) the record holds its masks, and the values after them."""
         cfg, P, has = self.cfg, self.params, self.has
         start = len(cache[0][0]) if cache is not None else 0
         bounds = list(accumulate(map(len, seqs), initial=0))  # where each document starts and ends in the N rows
         tokens = [t for seq in seqs for t in seq]
         positions = [start + i for seq in seqs for i in range(len(seq))] if has.position else None
-        embedding = embedding_forward(P["wte"], P["wpe"], tokens, positions)  # (N, C)
+        masks = self._dropout_masks(seqs, dropout) if dropout else {}
+        embedding = dropout_forward(embedding_forward(P["wte"], P["wpe"], tokens, positions), masks.get(EMBEDDING))
         x = embedding_norm = rmsnorm_forward(embedding) if has.rmsnorm else embedding
         layers, C = [], cfg.n_embd
         for li in range(cfg.n_layer):
@@ -232,11 +255,12 @@ class Engine(Base):
                 if cache is not None:  # one document: its queries see the cached keys and values too
                     cache[li] = [cache[li][0] + k, cache[li][1] + v]
                     documents = [(q, *cache[li])]
-                attended = [attention_forward(*document, cfg.n_head, self.attn_scale, has.causal_mask)
-                            for document in documents]
+                dropped = masks.get((ATTENTION_WEIGHTS, li), [None] * len(documents))  # per document
+                attended = [attention_forward(*document, cfg.n_head, self.attn_scale, has.causal_mask, document_dropped)
+                            for document, document_dropped in zip(documents, dropped)]
                 heads = [row for out, _, _ in attended for row in out]  # (N, C)
                 scores, weights = [s for _, s, _ in attended], [w for _, _, w in attended]  # per document (H, T, T)
-                proj = linear_forward(heads, P[L + "attn_wo"])  # (N, C)
+                proj = dropout_forward(linear_forward(heads, P[L + "attn_wo"]), masks.get((ATTENTION_OUTPUT, li)))
                 attn_residual = matadd(proj, x) if has.residual else proj
                 attention = (attn_norm, q, k, v, scores if scores_too else None, weights, heads, proj)
             mlp, x = (None,) * 4, attn_residual  # (no MLP block: the stream passes by)
@@ -244,16 +268,35 @@ class Engine(Base):
                 mlp_norm = rmsnorm_forward(attn_residual) if has.rmsnorm else attn_residual
                 fc1 = linear_forward(mlp_norm, P[L + "mlp_fc1"])  # (N, 4C)
                 relu = relu_forward(fc1) if has.relu else fc1
-                fc2 = linear_forward(relu, P[L + "mlp_fc2"])  # (N, C)
+                fc2 = dropout_forward(linear_forward(relu, P[L + "mlp_fc2"]), masks.get((MLP_OUTPUT, li)))  # (N, C)
                 mlp, x = (mlp_norm, fc1, relu, fc2), matadd(fc2, attn_residual) if has.residual else fc2
             layers.append(Layer(*attention, attn_residual, *mlp, x))
-        return Record(embedding, embedding_norm, layers, linear_forward(x, P["lm_head"]))  # logits (N, V)
+        return Record(embedding, embedding_norm, layers, linear_forward(x, P["lm_head"]), masks)  # logits (N, V)
 
-    def _loss(self, batch):
+    def _dropout_masks(self, seqs, dropout):
+        """{place or (place, layer): mask} of a training step's dropout: the embedding's, attention's and the MLP's
+        outputs' (N, C), end to end like the rows; the attention weights', a list of (H, T, T), one per document."""
+        C, H, S, has = self.cfg.n_embd, self.cfg.n_head, self.cfg.block_size, self.has
+
+        def rows(key):  # (N, C): each document's positions
+            return [row for d, seq in enumerate(seqs) for row in dropout_mask(dropout, key, d, len(seq), C)]
+
+        masks = {EMBEDDING: rows(dropout.key(EMBEDDING))}
+        for li in range(self.cfg.n_layer):
+            if has.attention:
+                key = dropout.key(ATTENTION_WEIGHTS, li)
+                masks[ATTENTION_WEIGHTS, li] = [[dropout_mask(dropout, key, d, len(seq), len(seq), h * S * S, S)
+                                                 for h in range(H)] for d, seq in enumerate(seqs)]
+                masks[ATTENTION_OUTPUT, li] = rows(dropout.key(ATTENTION_OUTPUT, li))
+            if has.mlp:
+                masks[MLP_OUTPUT, li] = rows(dropout.key(MLP_OUTPUT, li))
+        return masks
+
+    def _loss(self, batch, dropout=None):
         """The mean loss of a batch (each document cut to block_size + 1 tokens), and what the backward needs."""
         seqs = [doc[:self.cfg.block_size + 1] for doc in batch]
         inputs = [seq[:-1] for seq in seqs]
-        record = self._forward(inputs)
+        record = self._forward(inputs, dropout=dropout)
         targets = [t for seq in seqs for t in seq[1:]]
         losses, probs = cross_entropy_forward(record.logits, targets)
         share = 1 / len(targets)  # each token's share of the loss
@@ -262,41 +305,47 @@ class Engine(Base):
     def loss(self, batch):
         return self._loss(batch)[0]
 
-    def loss_and_grads(self, batch):
+    def loss_and_grads(self, batch, dropout=None):
         """The mean loss of a batch, and its gradient with respect to every weight into self.g."""
         cfg, P, has = self.cfg, self.params, self.has
         G = {name: [[0.0] * cols for _ in range(rows)] for name, (_, (rows, cols)) in self.segments.items()}
-        loss, inputs, record, probs, targets, dloss = self._loss(batch)
+        loss, inputs, record, probs, targets, dloss = self._loss(batch, dropout)
+        masks = record.masks
         bounds = list(accumulate(map(len, inputs), initial=0))  # where each document starts and ends in the N rows
         dlogits = cross_entropy_backward(probs, targets, dloss)
         dx = linear_backward(dlogits, record.stream(cfg.n_layer), P["lm_head"], G["lm_head"])
         for li in reversed(range(cfg.n_layer)):
             L, layer = f"layer{li}.", record.layers[li]
             if has.mlp:  # x_out = attn_residual + mlp_fc2(relu(mlp_fc1(rmsnorm(attn_residual)))): dx into both
-                drelu = linear_backward(dx, layer.mlp_relu, P[L + "mlp_fc2"], G[L + "mlp_fc2"])
+                dfc2 = dropout_backward(dx, masks.get((MLP_OUTPUT, li)))
+                drelu = linear_backward(dfc2, layer.mlp_relu, P[L + "mlp_fc2"], G[L + "mlp_fc2"])
                 dfc1 = relu_backward(drelu, layer.mlp_fc1) if has.relu else drelu
                 dnorm = linear_backward(dfc1, layer.mlp_norm, P[L + "mlp_fc1"], G[L + "mlp_fc1"])
                 dbranch = rmsnorm_backward(dnorm, layer.attn_residual) if has.rmsnorm else dnorm
                 dx = matadd(dbranch, dx) if has.residual else dbranch
             if has.attention:  # attn_residual = x + attn_wo(attention(q, k, v)), q, k, v projections of rmsnorm(x)
-                dnorm = self._attention_backward(dx, layer, bounds, G, L)
+                dnorm = self._attention_backward(dx, layer, bounds, G, masks, li)
                 dbranch = rmsnorm_backward(dnorm, record.stream(li)) if has.rmsnorm else dnorm
                 dx = matadd(dbranch, dx) if has.residual else dbranch
-        dx = rmsnorm_backward(dx, record.embedding) if has.rmsnorm else dx
+        dx = dropout_backward(rmsnorm_backward(dx, record.embedding) if has.rmsnorm else dx, masks.get(EMBEDDING))
         positions = [i for seq in inputs for i in range(len(seq))] if has.position else None
         embedding_backward(dx, [t for seq in inputs for t in seq], positions, G["wte"], G["wpe"])
         self.g = list(chain.from_iterable(chain.from_iterable(G.values())))  # (P,) in the reference order
         return loss
 
-    def _attention_backward(self, dx, layer, bounds, G, L):
-        """From dx (N, C), the gradient of an attention block's output, the gradients of attn_wo and of q, k and v's
-        weights into G, and the gradient (N, C) of what q, k and v read (attn_norm); `bounds`: the documents' rows."""
-        P, C = self.params, self.cfg.n_embd
-        dheads = linear_backward(dx, layer.attn_heads, P[L + "attn_wo"], G[L + "attn_wo"])
+    def _attention_backward(self, dx, layer, bounds, G, masks, li):
+        """From dx (N, C), the gradient of layer li's attention block's output, the gradients of attn_wo and of q, k
+        and v's weights into G, and the gradient (N, C) of what q, k and v read (attn_norm); `bounds`: the documents'
+        rows, `masks`: the forward's dropout masks."""
+        P, C, L = self.params, self.cfg.n_embd, f"layer{li}."
+        dproj = dropout_backward(dx, masks.get((ATTENTION_OUTPUT, li)))
+        dheads = linear_backward(dproj, layer.attn_heads, P[L + "attn_wo"], G[L + "attn_wo"])
         dqkv = []  # (N, 3C): dq, dk and dv side by side, as the forward's one product made them
-        for a, b, weights in zip(bounds, bounds[1:], layer.attn_weights):
+        dropped = masks.get((ATTENTION_WEIGHTS, li), [None] * len(layer.attn_weights))  # per document
+        for a, b, weights, document_dropped in zip(bounds, bounds[1:], layer.attn_weights, dropped):
             dq, dk, dv = attention_backward(dheads[a:b], layer.attn_q[a:b], layer.attn_k[a:b], layer.attn_v[a:b],
-                                            weights, self.cfg.n_head, self.attn_scale, self.has.causal_mask)
+                                            weights, self.cfg.n_head, self.attn_scale, self.has.causal_mask,
+                                            document_dropped)
             dqkv.extend(rq + rk + rv for rq, rk, rv in zip(dq, dk, dv))
         dw_qkv = G[L + "attn_wq"] + G[L + "attn_wk"] + G[L + "attn_wv"]  # (3C, C): the backward renews its rows
         dnorm = linear_backward(dqkv, layer.attn_norm, P[L + "attn_qkv"], dw_qkv)

@@ -15,6 +15,7 @@ Shapes: B = sequences, T = tokens per sequence, C = n_embd, H = n_head, D = C //
 """
 import math
 import os
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from microgpt import health
+from microgpt.dropout import ATTENTION_OUTPUT, ATTENTION_WEIGHTS, EMBEDDING, MLP_OUTPUT, kept, mix32
 from microgpt.engines import launched_processes, predicted_tokens
 from microgpt.engines.base import Engine as Base
 from microgpt.engines.base import Layer, Record, in_chunks
@@ -53,6 +55,22 @@ def attention_scores(q, k, scale, visible):  # (B, H, Tq, D), (B, H, Tk, D) -> (
     return scores if visible is None else scores.masked_fill(~visible, float("-inf"))
 
 
+def dropout_mask(p, key, documents, shape, strides, dtype):
+    """(B, *shape) 1 / (1 - p) where the activation of documents[b] (B,) at coordinate sum(index * stride) is kept,
+    0 where dropped, on the documents' device (microgpt/dropout.py); key: a 0-d int64 tensor."""
+    coordinate = sum(torch.arange(n, device=documents.device).view((-1,) + (1,) * (len(shape) - 1 - axis)) * stride
+                     for axis, (n, stride) in enumerate(zip(shape, strides)))
+    return kept(p, key, documents.view((-1,) + (1,) * len(shape)), coordinate).to(dtype) * (1 / (1 - p))
+
+
+class StepDropout(NamedTuple):
+    """A training step's dropout as GPT.forward takes it: tensors, so that a compiled forward is not compiled again
+    for every step's keys."""
+    p: float
+    keys: torch.Tensor  # (4, n_layer) int64: Dropout.key(place, layer) of each place (microgpt/dropout.py)
+    documents: torch.Tensor  # (B,) int64: each sequence's place in the whole batch (over every process)
+
+
 def softmax(z):  # along the last axis, the reference's arithmetic: exp(z - max) * (sum)^-1
     e = torch.exp(z - z.amax(-1, keepdim=True))
     return e * e.sum(-1, keepdim=True) ** -1
@@ -70,17 +88,18 @@ class GPT(nn.Module):
             self.add_module(f"layer{i}", nn.ParameterDict({name.split(".")[1]: nn.Parameter(view) for name, view in
                                                            views.items() if name.startswith(f"layer{i}.")}))
 
-    def forward(self, tokens, cache=None, padding=None):
+    def forward(self, tokens, cache=None, padding=None, dropout=None):
         """Logits (B, T, V) for tokens (B, T) at the positions after those in `cache` (per layer, keys and values
         (B, H, T', D), which this call extends), or from position 0 without one; padding (B, T), without the causal
-        mask: True on the padding, which attention must hide. A piece the model lacks is skipped (a block, wpe),
-        is the identity (rmsnorm, the ReLU), or replaces the stream instead of adding to it (the residual)."""
+        mask: True on the padding, which attention must hide; dropout: a training step's StepDropout, or None. A
+        piece the model lacks is skipped (a block, wpe), is the identity (rmsnorm, the ReLU), or replaces the stream
+        instead of adding to it (the residual)."""
         cfg, H, has = self.cfg, self.cfg.n_head, self.has
         start = cache[0][0].shape[2] if cache and cache[0] else 0
         x = self.wte[tokens]  # token embedding (B, T, C)
         if has.position:
             x = x + self.wpe[start:start + tokens.shape[1]]  # + position embedding
-        x = self.norm(x)
+        x = self.norm(self.drop(x, dropout, EMBEDDING, 0))
         for li in range(cfg.n_layer):
             layer = getattr(self, f"layer{li}")
             if has.attention:  # each head looks back over the cached positions and takes a weighted mix
@@ -91,15 +110,21 @@ class GPT(nn.Module):
                     if cache[li]:
                         k, v = torch.cat([cache[li][0], k], dim=2), torch.cat([cache[li][1], v], dim=2)
                     cache[li] = (k, v)
-                x = merge_heads(self.attend(q, k, v, padding)) @ layer.attn_wo.T  # (B, T, C)
-                x = self.residual(x, x_residual)
+                x = merge_heads(self.attend(q, k, v, padding, dropout, li)) @ layer.attn_wo.T  # (B, T, C)
+                x = self.residual(self.drop(x, dropout, ATTENTION_OUTPUT, li), x_residual)
             if has.mlp:  # widen to 4C, keep the positive part, project back; again added to the residual
                 x_residual = x
                 x = self.norm(x)
                 x = self.activation(x @ layer.mlp_fc1.T)  # (B, T, 4C)
                 x = x @ layer.mlp_fc2.T  # (B, T, C)
-                x = self.residual(x, x_residual)
+                x = self.residual(self.drop(x, dropout, MLP_OUTPUT, li), x_residual)
         return x @ self.lm_head.T  # (B, T, V)
+
+    def drop(self, x, dropout, place, layer):  # (B, T, C) times its dropout mask, in training with dropout
+        if dropout is None:
+            return x
+        T, C = x.shape[1:]
+        return x * dropout_mask(dropout.p, dropout.keys[place, layer], dropout.documents, (T, C), (C, 1), x.dtype)
 
     def norm(self, x):  # rmsnorm, or the identity (--ablate rmsnorm)
         return rmsnorm(x) if self.has.rmsnorm else x
@@ -115,11 +140,19 @@ class GPT(nn.Module):
             return causal_mask(Tq, Tk, device)
         return None if padding is None else ~padding[:, None, None, :]
 
-    def attend(self, q, k, v, padding=None):  # (B, H, Tq, D) of attention: the fused kernel, or spelled out
+    def attend(self, q, k, v, padding=None, dropout=None, layer=0):
+        """(B, H, Tq, D) of attention: the fused kernel (whose dropout draws from torch's generator), or spelled out
+        (whose dropout masks are every engine's)."""
         visible = self.visible(q.shape[2], k.shape[2], padding, q.device)
         if self.attention == "sdpa":
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, scale=self.attn_scale)
-        return softmax(attention_scores(q, k, self.attn_scale, visible)) @ v
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, scale=self.attn_scale,
+                                                  dropout_p=dropout.p if dropout else 0.0)
+        weights = softmax(attention_scores(q, k, self.attn_scale, visible))  # (B, H, Tq, Tk)
+        if dropout is not None:
+            S = self.cfg.block_size
+            weights = weights * dropout_mask(dropout.p, dropout.keys[ATTENTION_WEIGHTS, layer], dropout.documents,
+                                             weights.shape[1:], (S * S, S, 1), weights.dtype)
+        return weights @ v
 
     def record(self, tokens):
         """The Record of one forward pass over tokens (T,): GPT.forward's steps again, each kept under its trace name
@@ -225,10 +258,10 @@ class Engine(Base):
             padded = F.pad(padded, (0, self.cfg.block_size + 1 - padded.shape[1]), value=-1)
         return padded[:, :-1].clamp(min=0).to(self.device), padded[:, 1:].to(self.device)
 
-    def _token_loss_sum(self, module, batch):
+    def _token_loss_sum(self, module, batch, dropout=None):
         inputs, targets = self._tensors(batch)
         with self._autocast():  # (attention that is not causal must hide the padding: where the target is -1)
-            logits = module(inputs, padding=None if self.has.causal_mask else targets == -1)
+            logits = module(inputs, padding=None if self.has.causal_mask else targets == -1, dropout=dropout)
         logits = logits.float() if self.autocast else logits
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1, reduction="sum")
 
@@ -236,18 +269,30 @@ class Engine(Base):
     def loss(self, batch):
         return float(self._token_loss_sum(self.model, batch)) / predicted_tokens(batch, self.cfg.block_size)
 
-    def loss_and_grads(self, batch):
+    def loss_and_grads(self, batch, dropout=None):
         """The mean loss over every predicted token of the (global) batch and its gradient. Under torchrun each rank
         takes every world-th document and divides its token-loss sum by the whole batch's token count, times the
         world size, so that DDP's mean of the ranks' gradients is the batch's gradient."""
         count = predicted_tokens(batch, self.cfg.block_size)
         self.g.zero_()
-        loss_sum = self._token_loss_sum(self.forward_module, batch[self.rank::self.world])
+        mine = batch[self.rank::self.world]
+        loss_sum = self._token_loss_sum(self.forward_module, mine, dropout and self._step_dropout(dropout, len(mine)))
         (loss_sum * (self.world / count)).backward()
         total = loss_sum.detach()
         if self.world > 1:
             torch.distributed.all_reduce(total)
         return float(total) / count
+
+    def _step_dropout(self, dropout, count):
+        """A training step's Dropout (microgpt/dropout.py) as GPT.forward takes it, for this process's `count`
+        documents. The fused attention kernel draws its own masks from torch's generator, seeded here from the
+        step's key: the same masks again on a resume, but not those of the other engines."""
+        n_layer = self.cfg.n_layer
+        keys = [[dropout.key(place, li) for li in range(n_layer)] for place in range(MLP_OUTPUT + 1)]
+        if self.model.attention == "sdpa":
+            torch.manual_seed(mix32(dropout.key(ATTENTION_WEIGHTS) ^ self.rank))
+        return StepDropout(dropout.p, torch.tensor(keys, device=self.device),
+                           torch.arange(count, device=self.device) * self.world + self.rank)
 
     @torch.no_grad()
     def clip_grads(self, max_norm):
