@@ -44,8 +44,9 @@ def worst_tensor(got, want, cfg):
     """(name, difference) of the tensor whose values differ most, relative to its largest entry, or to 1e-5 of the
     largest entry of all when that is larger: a tensor whose every entry is far smaller than the rest is mostly
     cancellation (the queries' gradient when queries see one key or two: a softmax over one score has none), and
-    its rounding is that of the larger terms that cancel (seen: 1.2e-19 absolute on entries of 9e-8)."""
-    floor = 1e-5 * max(abs(float(x)) for x in want)
+    its rounding is that of the larger terms that cancel (seen: 1.2e-19 absolute on entries of 9e-8). Absolute when
+    every gradient is 0 (dropout can zero a whole batch's stream)."""
+    floor = 1e-5 * max(abs(float(x)) for x in want) or 1.0
     got, want = per_tensor(got, cfg), per_tensor(want, cfg)
     differences = {name: max(abs(a - b) for a, b in zip(got[name], want[name]))
                    / max(max(map(abs, want[name])), floor) for name in want}

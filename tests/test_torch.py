@@ -118,9 +118,11 @@ def losses(run_dir):
     return [r["train_loss"] for r in records if "train_loss" in r]
 
 
-@pytest.mark.parametrize("ablate", [[], ["--ablate", "position,attention"]], ids=["full", "ablated"])
+@pytest.mark.parametrize("ablate", [[], ["--ablate", "position,attention"], ["--dropout", "0.2"]],
+                         ids=["full", "ablated", "dropout"])
 def test_two_ranks_follow_the_loss_curve_of_one(tmp_path, ablate):
-    # (an ablation leaves weights without a gradient, which DistributedDataParallel must be told to expect)
+    # (an ablation leaves weights without a gradient, which DistributedDataParallel must be told to expect; dropout's
+    # masks follow each document's place in the whole batch, not in a rank's share of it)
     one = train(*COMMON, *ablate, "--steps", 40, "--out", "one", cwd=tmp_path)
     two = train(*COMMON, *ablate, "--steps", 40, "--out", "two", nproc=2, cwd=tmp_path)
     assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
