@@ -90,4 +90,13 @@ PRESETS = {
         "eval_every": 600,
         "dtype": "float32",
     },
+    "shakespeare-gpu": {  # nanoGPT's shakespeare_char recipe, for one GPU: its size, schedule and dropout
+        "data": "shakespeare",
+        "model": dict(n_layer=6, n_embd=384, n_head=6, block_size=256),
+        "train": TrainConfig(steps=5000, batch_size=64, lr=1e-3, schedule="cosine", warmup=100,
+                             min_lr_ratio=0.1, weight_decay=0.1, grad_clip=1.0, beta1=0.9, beta2=0.99,
+                             init_std=0.02, dropout=0.2),
+        "eval_every": 500,
+        "dtype": "bfloat16",
+    },
 }

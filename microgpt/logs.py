@@ -32,13 +32,15 @@ def number(x, none=False):
 
 class Log:
     """The records of one run's log.jsonl: the moving-average train loss and the held-out loss, each [(step, loss)],
-    the health of the logged steps, and the seconds the run had taken at its last record."""
+    the health of the logged steps, the tokens per second of each logged step, the seconds the run had taken at each
+    evaluation ({step: seconds or None}) and at its last record."""
 
     def __init__(self, run_dir):
         path = os.path.join(run_dir, "log.jsonl")
         if not os.path.isfile(path):
             raise UserError(f"no log.jsonl in {run_dir}; give a run directory that train wrote")
         self.train, self.held_out, self.health, self.elapsed = [], [], [], None
+        self.tokens_per_s, self.evaluated_at = [], {}
         with open(path, encoding="utf-8", errors="replace") as f:
             for line_number, line in enumerate(f, 1):
                 if line.strip():
@@ -54,8 +56,10 @@ class Log:
             raise TypeError("step")
         if "train_loss" in record:
             self.train.append((step, number(record["train_loss_smooth"])))
+            self.tokens_per_s.append(number(record["tokens_per_s"]))
         if "held_out_loss" in record:
             self.held_out.append((step, number(record["held_out_loss"])))
+            self.evaluated_at[step] = number(record.get("elapsed"), none=True)
         health = record.get("health")
         if health:
             layers = health["layers"] or []
@@ -65,6 +69,11 @@ class Log:
                                       [number(layer["dead_relu"], none=True) for layer in layers],
                                       [str(w) for w in health["warnings"]]))
         self.elapsed = number(record.get("elapsed"), none=True)
+
+    def time_to(self, target):
+        """The seconds the run had taken when an evaluation first gave a held-out loss of `target` or less (None: never,
+        or the time was not kept)."""
+        return next((self.evaluated_at[step] for step, loss in self.held_out if loss <= target), None)
 
 
 def loss_chart(runs):

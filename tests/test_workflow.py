@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, microgpt
+from conftest import ROOT, microgpt, run_python
 from test_engines import FAST
 
 from microgpt import checkpoint
@@ -147,6 +147,25 @@ def test_presets_run(tmp_path):
         result = microgpt("train", "--preset", preset, "--steps", 2, "--warmup", 1, "--eval-every", 2,
                      "--num-samples", 0, "--out", preset, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
+
+
+def test_the_gpu_preset_is_nanogpts_recipe_and_run_figures_reads_its_times(tmp_path, prose):
+    # its size, schedule and dropout, here on a short text and a short block in float32 (numpy has no bfloat16)
+    result = microgpt("train", "--preset", "shakespeare-gpu", "--data", prose, "--engine", "numpy", "--dtype",
+                      "float32", "--block-size", 16, "--batch-size", 2, "--steps", 4, "--warmup", 1, "--eval-every", 2,
+                      "--num-samples", 0, "--out", "run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "model: n_layer 6, n_embd 384, n_head 6, block_size 16" in result.stdout
+    assert "lr 0.001 (cosine, warmup 1), weight decay 0.1, grad clip 1.0, dropout 0.2" in result.stdout
+    figures = run_python(ROOT / "scripts" / "run_figures.py", "run", 99, 0.01, cwd=tmp_path)
+    assert figures.returncode == 0, figures.stderr
+    held_out = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+                if "held_out_loss" in line]
+    lines = figures.stdout.splitlines()
+    assert lines[:2] == ["run: run, step 4 of 4", f"wall time: {held_out[-1]['elapsed']:.1f} s"]
+    assert lines[2:5] == [f"time to held-out 99.0: {held_out[0]['elapsed']:.1f} s",
+                          "time to held-out 0.01: not reached",
+                          f"best held-out loss: {min(r['held_out_loss'] for r in held_out):.4f}"]
 
 
 def test_a_float32_run_samples_on_every_engine(tmp_path):
