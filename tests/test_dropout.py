@@ -70,6 +70,17 @@ def test_every_engine_drops_the_same_activations_and_computes_the_python_engines
                                    reference.forward(seq, reference.new_cache())) <= 1e-12
 
 
+def test_the_fused_kernels_dropout_repeats_itself_for_the_same_step():
+    # SDPA draws the attention weights' masks from torch's generator, seeded from the step's key: a resume repeats
+    # them (not the other engines' masks: its loss differs from the spelled-out attention's)
+    pytest.importorskip("torch")
+    weights = reference_weights(CFG, random.Random(5), std=0.3)
+    fused, manual = (engines.create("torch", CFG, weights, attention=a) for a in ("sdpa", "manual"))
+    losses = [fused.loss_and_grads(BATCH, Dropout(0.5, 1, step)) for step in (3, 4, 3)]
+    assert losses[0] == losses[2] != losses[1]
+    assert manual.loss_and_grads(BATCH, Dropout(0.5, 1, 3)) != losses[0]
+
+
 def test_dropout_changes_the_loss_and_p_0_is_no_dropout():
     weights = reference_weights(CFG, random.Random(5), std=0.3)
     losses = {p: engines.create("python", CFG, weights).loss_and_grads(BATCH, p and Dropout(p, 1, 0))
