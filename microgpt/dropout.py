@@ -52,9 +52,15 @@ class Dropout(NamedTuple):
         return key
 
 
-
 def kept(p, key, document, coordinate):
     """Whether the activation at `coordinate` of `document` (its place in the whole batch, from 0) survives dropout
     with probability p, under the key of its place (Dropout.key); ints give a bool, int64 arrays (broadcast
     together) a boolean array."""
     return mix32(mix32(key ^ document) ^ coordinate) >= round(p * 2**32)
+
+
+def coordinates(shape, strides, arange):
+    """The coordinate sum(index * stride) of every element of an array of `shape`, as an int64 array that broadcasts
+    to it; arange: numpy.arange, or torch.arange on the device."""
+    return sum(arange(n).reshape((-1,) + (1,) * (len(shape) - 1 - axis)) * stride
+               for axis, (n, stride) in enumerate(zip(shape, strides)))

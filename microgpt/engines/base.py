@@ -13,7 +13,7 @@ an engine what it has. What it offers:
                     token lists (each cut to block_size + 1 tokens), filling the gradients; dropout: the step's
                     microgpt/dropout.Dropout, or None (the scalar engine has none); clip_grads(max_norm) -> the
                     gradient's global norm before clipping; adam_step(step, lr_t, beta1, beta2, eps, weight_decay)
-  evaluation    loss(batch) -> the same mean loss, no gradients (and never dropout: nor has anything below)
+  evaluation    loss(batch) -> the same mean loss, no gradients (never with dropout, nor is anything below)
   sampling      new_cache(); forward(tokens, cache) -> the logits (T, V), lists of floats, after the cached tokens
                     (each engine's kv_cache() and forward_cached(); this file runs the whole context again instead
                     where no cache can keep a position's keys: without the causal mask, or without attention)
@@ -72,8 +72,8 @@ class Record(NamedTuple):
     embedding_norm: object  # (T, C) rmsnormed: the stream entering layer 0
     layers: list  # a Layer per block
     logits: object  # (T, V)
-    masks: dict = None  # a training step's dropout masks, by place (microgpt/dropout.py), which the backward reapplies
-
+    masks: dict = None  # {(place, layer): mask} of a training step's dropout (microgpt/dropout.py), which the
+    # backward applies again; {} without dropout, None in a record() for a trace
 
     def stream(self, i):
         """The residual stream entering layer i (i = n_layer: the one lm_head reads)."""

@@ -18,7 +18,7 @@ import numpy as np
 
 from microgpt import health
 from microgpt.allocator import keep_freed_memory
-from microgpt.dropout import ATTENTION_OUTPUT, ATTENTION_WEIGHTS, EMBEDDING, MLP_OUTPUT, kept
+from microgpt.dropout import ATTENTION_OUTPUT, ATTENTION_WEIGHTS, EMBEDDING, MLP_OUTPUT, coordinates, kept
 from microgpt.engines.base import Engine as Base
 from microgpt.engines.base import Layer, Record, in_chunks
 from microgpt.layout import split, stacked_qkv
@@ -80,12 +80,10 @@ def dropout_backward(dy, mask):  # a product with constants: the gradient is mul
 
 
 def dropout_mask(dropout, key, documents, shape, strides, dtype):
-    """(B, *shape): dropout.scale where the activation of documents[b] at coordinate sum(index * stride) is kept, 0
-    where dropped (microgpt/dropout.py)."""
-    coordinate = sum(np.arange(n).reshape((-1,) + (1,) * (len(shape) - 1 - axis)) * stride
-                     for axis, (n, stride) in enumerate(zip(shape, strides)))
-    documents = np.asarray(documents, dtype=np.int64).reshape((-1,) + (1,) * len(shape))
-    return kept(dropout.p, key, documents, coordinate).astype(dtype) * dropout.scale
+    """(B, *shape): dropout.scale where the activation of documents[b] (B,) at coordinate sum(index * stride) is kept,
+    0 where dropped (microgpt/dropout.py)."""
+    documents = documents.reshape((-1,) + (1,) * len(shape))
+    return kept(dropout.p, key, documents, coordinates(shape, strides, np.arange)).astype(dtype) * dropout.scale
 
 
 def softmax(z):  # along the last axis, the reference's arithmetic: exp(z - max) * (sum)^-1
@@ -216,8 +214,9 @@ class Engine(Base):
         cfg, P, has = self.cfg, self.params, self.has
         start = cache[0][0].shape[1] if cache is not None else 0
         positions = np.arange(start, start + tokens.shape[1]) if has.position else None
-        masks = self._dropout_masks(*tokens.shape, dropout) if dropout else {}
-        embedding = dropout_forward(embedding_forward(P["wte"], P["wpe"], tokens, positions), masks.get(EMBEDDING))
+        masks = {} if dropout is None else self._dropout_masks(*tokens.shape, dropout)
+        embedding = embedding_forward(P["wte"], P["wpe"], tokens, positions)
+        embedding = dropout_forward(embedding, masks.get((EMBEDDING, 0)))  # (B, T, C)
         x = embedding_norm = rmsnorm_forward(embedding) if has.rmsnorm else embedding
         layers, C = [], cfg.n_embd
         for li in range(cfg.n_layer):
@@ -247,7 +246,7 @@ class Engine(Base):
         return Record(embedding, embedding_norm, layers, linear_forward(x, P["lm_head"]), masks)  # logits (B, T, V)
 
     def _dropout_masks(self, B, T, dropout):
-        """{place or (place, layer): mask} of a training step's dropout over documents (B, T): the embedding's,
+        """{(place, layer): mask} of a training step's dropout over documents (B, T): the embedding's,
         attention's and the MLP's outputs' (B, T, C), the attention weights' (B, H, T, T)."""
         C, H, S, has, dtype = self.cfg.n_embd, self.cfg.n_head, self.cfg.block_size, self.has, self.p.dtype
         documents = np.arange(B)
@@ -255,7 +254,7 @@ class Engine(Base):
         def rows(key):
             return dropout_mask(dropout, key, documents, (T, C), (C, 1), dtype)
 
-        masks = {EMBEDDING: rows(dropout.key(EMBEDDING))}
+        masks = {(EMBEDDING, 0): rows(dropout.key(EMBEDDING))}
         for li in range(self.cfg.n_layer):
             if has.attention:
                 masks[ATTENTION_WEIGHTS, li] = dropout_mask(dropout, dropout.key(ATTENTION_WEIGHTS, li), documents,
@@ -313,7 +312,7 @@ class Engine(Base):
                 dnorm = linear_backward(dqkv, layer.attn_norm, P[L + "attn_qkv"], G[L + "attn_qkv"])
                 dbranch = rmsnorm_backward(dnorm, record.stream(li)) if has.rmsnorm else dnorm
                 dx = dbranch + dx if has.residual else dbranch
-        dx = dropout_backward(rmsnorm_backward(dx, record.embedding) if has.rmsnorm else dx, masks.get(EMBEDDING))
+        dx = dropout_backward(rmsnorm_backward(dx, record.embedding) if has.rmsnorm else dx, masks.get((EMBEDDING, 0)))
         positions = np.arange(inputs.shape[1]) if has.position else None
         embedding_backward(dx, inputs, positions, G["wte"], G["wpe"])
         return loss

@@ -240,8 +240,9 @@ class Engine(Base):
         bounds = list(accumulate(map(len, seqs), initial=0))  # where each document starts and ends in the N rows
         tokens = [t for seq in seqs for t in seq]
         positions = [start + i for seq in seqs for i in range(len(seq))] if has.position else None
-        masks = self._dropout_masks(seqs, dropout) if dropout else {}
-        embedding = dropout_forward(embedding_forward(P["wte"], P["wpe"], tokens, positions), masks.get(EMBEDDING))
+        masks = {} if dropout is None else self._dropout_masks(seqs, dropout)
+        embedding = embedding_forward(P["wte"], P["wpe"], tokens, positions)
+        embedding = dropout_forward(embedding, masks.get((EMBEDDING, 0)))  # (N, C)
         x = embedding_norm = rmsnorm_forward(embedding) if has.rmsnorm else embedding
         layers, C = [], cfg.n_embd
         for li in range(cfg.n_layer):
@@ -274,14 +275,14 @@ class Engine(Base):
         return Record(embedding, embedding_norm, layers, linear_forward(x, P["lm_head"]), masks)  # logits (N, V)
 
     def _dropout_masks(self, seqs, dropout):
-        """{place or (place, layer): mask} of a training step's dropout: the embedding's, attention's and the MLP's
+        """{(place, layer): mask} of a training step's dropout: the embedding's, attention's and the MLP's
         outputs' (N, C), end to end like the rows; the attention weights', a list of (H, T, T), one per document."""
         C, H, S, has = self.cfg.n_embd, self.cfg.n_head, self.cfg.block_size, self.has
 
         def rows(key):  # (N, C): each document's positions
             return [row for d, seq in enumerate(seqs) for row in dropout_mask(dropout, key, d, len(seq), C)]
 
-        masks = {EMBEDDING: rows(dropout.key(EMBEDDING))}
+        masks = {(EMBEDDING, 0): rows(dropout.key(EMBEDDING))}
         for li in range(self.cfg.n_layer):
             if has.attention:
                 key = dropout.key(ATTENTION_WEIGHTS, li)
@@ -327,7 +328,7 @@ class Engine(Base):
                 dnorm = self._attention_backward(dx, layer, bounds, G, masks, li)
                 dbranch = rmsnorm_backward(dnorm, record.stream(li)) if has.rmsnorm else dnorm
                 dx = matadd(dbranch, dx) if has.residual else dbranch
-        dx = dropout_backward(rmsnorm_backward(dx, record.embedding) if has.rmsnorm else dx, masks.get(EMBEDDING))
+        dx = dropout_backward(rmsnorm_backward(dx, record.embedding) if has.rmsnorm else dx, masks.get((EMBEDDING, 0)))
         positions = [i for seq in inputs for i in range(len(seq))] if has.position else None
         embedding_backward(dx, [t for seq in inputs for t in seq], positions, G["wte"], G["wpe"])
         self.g = list(chain.from_iterable(chain.from_iterable(G.values())))  # (P,) in the reference order

@@ -15,6 +15,7 @@ Shapes: B = sequences, T = tokens per sequence, C = n_embd, H = n_head, D = C //
 """
 import math
 import os
+from functools import partial
 from typing import NamedTuple
 
 import numpy as np
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from microgpt import health
-from microgpt.dropout import ATTENTION_OUTPUT, ATTENTION_WEIGHTS, EMBEDDING, MLP_OUTPUT, kept, mix32
+from microgpt.dropout import ATTENTION_OUTPUT, ATTENTION_WEIGHTS, EMBEDDING, MLP_OUTPUT, coordinates, kept, mix32
 from microgpt.engines import launched_processes, predicted_tokens
 from microgpt.engines.base import Engine as Base
 from microgpt.engines.base import Layer, Record, in_chunks
@@ -55,12 +56,14 @@ def attention_scores(q, k, scale, visible):  # (B, H, Tq, D), (B, H, Tk, D) -> (
     return scores if visible is None else scores.masked_fill(~visible, float("-inf"))
 
 
-def dropout_mask(p, key, documents, shape, strides, dtype):
-    """(B, *shape) 1 / (1 - p) where the activation of documents[b] (B,) at coordinate sum(index * stride) is kept,
-    0 where dropped, on the documents' device (microgpt/dropout.py); key: a 0-d int64 tensor."""
-    coordinate = sum(torch.arange(n, device=documents.device).view((-1,) + (1,) * (len(shape) - 1 - axis)) * stride
-                     for axis, (n, stride) in enumerate(zip(shape, strides)))
-    return kept(p, key, documents.view((-1,) + (1,) * len(shape)), coordinate).to(dtype) * (1 / (1 - p))
+def dropout_forward(x, dropout, key, strides):
+    """x (B, *shape) with each activation of document dropout.documents[b] at coordinate sum(index * stride) dropped
+    or scaled by 1 / (1 - p) (microgpt/dropout.py); key: the place's, a 0-d int64 tensor. The product is taken in
+    x's arithmetic, so that bfloat16 rounds x * scale once, never the scale itself."""
+    documents = dropout.documents.view((-1,) + (1,) * (x.dim() - 1))
+    arange = partial(torch.arange, device=x.device)
+    survives = kept(dropout.p, key, documents, coordinates(x.shape[1:], strides, arange))
+    return torch.where(survives, x * (1 / (1 - dropout.p)), 0.0)
 
 
 class StepDropout(NamedTuple):
@@ -120,11 +123,8 @@ class GPT(nn.Module):
                 x = self.residual(self.drop(x, dropout, MLP_OUTPUT, li), x_residual)
         return x @ self.lm_head.T  # (B, T, V)
 
-    def drop(self, x, dropout, place, layer):  # (B, T, C) times its dropout mask, in training with dropout
-        if dropout is None:
-            return x
-        T, C = x.shape[1:]
-        return x * dropout_mask(dropout.p, dropout.keys[place, layer], dropout.documents, (T, C), (C, 1), x.dtype)
+    def drop(self, x, dropout, place, li):  # (B, T, C) after dropout, in training with dropout
+        return x if dropout is None else dropout_forward(x, dropout, dropout.keys[place, li], (x.shape[-1], 1))
 
     def norm(self, x):  # rmsnorm, or the identity (--ablate rmsnorm)
         return rmsnorm(x) if self.has.rmsnorm else x
@@ -140,7 +140,7 @@ class GPT(nn.Module):
             return causal_mask(Tq, Tk, device)
         return None if padding is None else ~padding[:, None, None, :]
 
-    def attend(self, q, k, v, padding=None, dropout=None, layer=0):
+    def attend(self, q, k, v, padding=None, dropout=None, li=0):
         """(B, H, Tq, D) of attention: the fused kernel (whose dropout draws from torch's generator), or spelled out
         (whose dropout masks are every engine's)."""
         visible = self.visible(q.shape[2], k.shape[2], padding, q.device)
@@ -148,10 +148,9 @@ class GPT(nn.Module):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, scale=self.attn_scale,
                                                   dropout_p=dropout.p if dropout else 0.0)
         weights = softmax(attention_scores(q, k, self.attn_scale, visible))  # (B, H, Tq, Tk)
-        if dropout is not None:
+        if dropout is not None:  # (H, Tq, Tk) of each document, with strides of the block
             S = self.cfg.block_size
-            weights = weights * dropout_mask(dropout.p, dropout.keys[ATTENTION_WEIGHTS, layer], dropout.documents,
-                                             weights.shape[1:], (S * S, S, 1), weights.dtype)
+            weights = dropout_forward(weights, dropout, dropout.keys[ATTENTION_WEIGHTS, li], (S * S, S, 1))
         return weights @ v
 
     def record(self, tokens):
@@ -276,7 +275,8 @@ class Engine(Base):
         count = predicted_tokens(batch, self.cfg.block_size)
         self.g.zero_()
         mine = batch[self.rank::self.world]
-        loss_sum = self._token_loss_sum(self.forward_module, mine, dropout and self._step_dropout(dropout, len(mine)))
+        step_dropout = None if dropout is None else self._step_dropout(dropout, len(mine))
+        loss_sum = self._token_loss_sum(self.forward_module, mine, step_dropout)
         (loss_sum * (self.world / count)).backward()
         total = loss_sum.detach()
         if self.world > 1:
@@ -286,10 +286,11 @@ class Engine(Base):
     def _step_dropout(self, dropout, count):
         """A training step's Dropout (microgpt/dropout.py) as GPT.forward takes it, for this process's `count`
         documents. The fused attention kernel draws its own masks from torch's generator, seeded here from the
-        step's key: the same masks again on a resume, but not those of the other engines."""
+        step's key: the same masks again on a resume, but not those of the other engines, nor of another number of
+        processes."""
         n_layer = self.cfg.n_layer
         keys = [[dropout.key(place, li) for li in range(n_layer)] for place in range(MLP_OUTPUT + 1)]
-        if self.model.attention == "sdpa":
+        if self.model.attention == "sdpa":  # (torch's one process-wide generator: nothing else here draws from it)
             torch.manual_seed(mix32(dropout.key(ATTENTION_WEIGHTS) ^ self.rank))
         return StepDropout(dropout.p, torch.tensor(keys, device=self.device),
                            torch.arange(count, device=self.device) * self.world + self.rank)
