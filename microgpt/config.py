@@ -72,19 +72,19 @@ PRESETS = {
         "train": TrainConfig(),
         "eval_every": 100,
     },
-    "names": {  # held-out loss 1.93 in under 6 minutes here (README; the target was 1.92)
+    "names": {  # held-out loss 1.9023 in 8 min 19 s on a 2-core CPU (README)
         "data": "names",
-        "model": dict(n_layer=4, n_embd=96, n_head=4, block_size=16),
-        "train": TrainConfig(steps=5000, batch_size=64, lr=2e-3, schedule="cosine", warmup=200,
+        "model": dict(n_layer=6, n_embd=96, n_head=4, block_size=16),
+        "train": TrainConfig(steps=11000, batch_size=64, lr=3e-3, schedule="cosine", warmup=200,
                              min_lr_ratio=0.05, weight_decay=0.2, grad_clip=1.0, beta1=0.9, beta2=0.99,
-                             init_std=0.065),
-        "eval_every": 1000,
+                             init_std=0.065, dropout=0.1),
+        "eval_every": 2750,
         "dtype": "float32",
     },
-    "shakespeare": {  # held-out loss <= 1.88 in under 2 min 12 s here (README)
+    "shakespeare": {  # held-out loss under 1.80 in less time than nanoGPT's CPU recipe, beside it (README)
         "data": "shakespeare",
         "model": dict(n_layer=4, n_embd=128, n_head=4, block_size=64),
-        "train": TrainConfig(steps=1800, batch_size=8, lr=3e-3, schedule="cosine", warmup=100,
+        "train": TrainConfig(steps=1200, batch_size=16, lr=4e-3, schedule="cosine", warmup=100,
                              min_lr_ratio=0.1, weight_decay=0.1, grad_clip=1.0, beta1=0.9, beta2=0.99,
                              init_std=0.02),
         "eval_every": 600,

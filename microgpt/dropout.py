@@ -25,8 +25,9 @@ EMBEDDING, ATTENTION_WEIGHTS, ATTENTION_OUTPUT, MLP_OUTPUT = range(4)  # the pla
 
 def mix32(x):
     """A bijection of 32-bit integers in which every input bit flips about half the output bits (Chris Wellons'
-    "lowbias32" integer hash). x: a Python int, or a NumPy or torch int64 array of values in [0, 2^32); a product
-    may exceed 64 bits, but its low 32 bits, all that is kept, are exact."""
+    "lowbias32" integer hash). x: a Python int, a NumPy uint32 array (whose products wrap at 32 bits), or a NumPy
+    or torch int64 array of values in [0, 2^32) (whose products may pass 64 bits: their low 32, all that is kept,
+    are exact)."""
     x = x ^ (x >> 16)
     x = (x * 0x7FEB352D) & MASK32
     x = x ^ (x >> 15)

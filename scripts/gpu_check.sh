@@ -7,15 +7,16 @@
 # Usage: [NANOGPT=path/to/nanoGPT] scripts/gpu_check.sh [OUT_DIR]   (logs land in OUT_DIR, default gpu_check/)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out="${1:-gpu_check}"
-mkdir -p "$out"
+mkdir -p "${1:-gpu_check}"
+out="$(cd "${1:-gpu_check}" && pwd)"
 export PYTHONUNBUFFERED=1 PYTHONPATH=.
 py=python3
 nvidia-smi -L | tee "$out/gpu.txt"
 $py -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__)" | tee -a "$out/gpu.txt"
 
 echo "== 1. equivalence on CUDA (the torch tests; the torchrun ones use gloo on the CPU)"
-$py -m pytest tests/test_engines.py tests/test_torch.py -k "torch or fused or float32 or padding or batch_is" \
+$py -m pytest tests/test_engines.py tests/test_torch.py tests/test_dropout.py \
+    -k "torch or fused or float32 or padding or batch_is or dropout" \
     -q -p no:cacheprovider -o addopts="" 2>&1 | tail -15 | tee "$out/tests.txt"
 
 echo "== 2. bfloat16 training on Tiny Shakespeare, 4 x 128, block 64, batch 64, 600 steps"
@@ -42,7 +43,7 @@ $py scripts/run_figures.py "$out/recipe" 1.50 1.47 | tee "$out/recipe_figures.tx
 if [ -n "${NANOGPT:-}" ]; then
     echo "== 5. nanoGPT itself, its config/train_shakespeare_char.py, on our copy of the data (no network)"
     cp microgpt/data/tinyshakespeare.txt "$NANOGPT/data/shakespeare_char/input.txt"
-    (cd "$NANOGPT" && $py data/shakespeare_char/prepare.py > /dev/null \
-        && start=$(date +%s.%N) && $py train.py config/train_shakespeare_char.py 2>&1 | tee "$OLDPWD/$out/nanogpt_recipe.txt" \
-        | grep -E "^step" && echo "nanoGPT wall time: $(echo "$(date +%s.%N) - $start" | bc) s")
+    (cd "$NANOGPT" && $py data/shakespeare_char/prepare.py > /dev/null && start=$($py -c "import time; print(time.time())") \
+        && $py train.py config/train_shakespeare_char.py 2>&1 | tee "$out/nanogpt_recipe.txt" | grep -E "^step" \
+        && $py -c "import time; print(f'nanoGPT wall time: {time.time() - $start:.1f} s')")
 fi

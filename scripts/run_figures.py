@@ -1,7 +1,8 @@
 """The figures of a finished run that the GPU benchmark prints (scripts/gpu_check.sh), read from its run directory:
 the wall time of the whole run (evaluations and checkpoints included), the time at which an evaluation first reached
 each target held-out loss, the best held-out loss, the median tokens per second of the logged steps, and the MFU
-those tokens per second are on this machine's GPU (none without a GPU that microgpt/flops.py knows).
+those tokens per second are on one of this machine's GPUs (none without a GPU that microgpt/flops.py knows; a run
+of several processes is read as one: its MFU per GPU is this over their number).
 
 Usage: python scripts/run_figures.py RUN_DIR [TARGET ...]   (default targets: 1.50 1.47, nanoGPT's Shakespeare)
 """
@@ -38,7 +39,8 @@ def figures(run_dir, targets):
     share = mfu(tokens_per_s, cfg, device, settings["dtype"]) if device and tokens_per_s else None
     lines = [f"run: {run_dir}, step {meta['step']} of {settings['train']['steps']}",
              f"wall time: {seconds(log.elapsed)}"]
-    lines += [f"time to held-out {target}: {seconds(log.time_to(target), 'not reached')}" for target in targets]
+    never = "not reached" if log.elapsed is not None else "- (the run kept no time)"
+    lines += [f"time to held-out {target}: {seconds(log.time_to(target), never)}" for target in targets]
     lines += [f"best held-out loss: {meta['best_held_out']:.4f}",
               f"tokens/s: {f'{tokens_per_s:,.0f}' if tokens_per_s else '-'} (median of the logged steps)",
               f"MFU: {f'{share:.1%}' if share is not None else '-'}" + (f" ({device})" if device else "")]

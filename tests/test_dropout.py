@@ -54,13 +54,19 @@ def test_a_share_p_of_activations_is_dropped_and_each_place_has_its_own(p):
     assert mask(dropout.key(EMBEDDING)) == masks[EMBEDDING, 0]  # the same place, step and seed: the same mask
 
 
-@pytest.mark.parametrize("name", ARRAY_ENGINES)
-@settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# (causal-mask: attention that must hide numpy's and torch's padding; the others change what the masks multiply)
+@pytest.mark.parametrize("ablations", [(), ("causal-mask",), ("rmsnorm", "position", "relu")], ids=str)
+@pytest.mark.parametrize("name", [*ARRAY_ENGINES, pytest.param("torch padded", marks=ARRAY_ENGINES[-1].marks)])
+@settings(max_examples=20, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=models_and_batches(), p=st.sampled_from([0.1, 0.5]), step=st.integers(0, 10**6))
-def test_every_engine_drops_the_same_activations_and_computes_the_python_engines_numbers(name, case, p, step):
+def test_every_engine_drops_the_same_activations_and_computes_the_python_engines_numbers(name, ablations, case, p,
+                                                                                          step):
     cfg, batch, seed = case
     weights, dropout = reference_weights(cfg, random.Random(seed)), Dropout(p, seed, step)
-    reference, engine = engines.create("python", cfg, weights), engines.create(name, cfg, weights)
+    reference = engines.create("python", cfg, weights, ablations=ablations)
+    engine = engines.create(name.split()[0], cfg, weights, ablations=ablations)
+    if name == "torch padded":
+        engine.pad_to_block = True  # what --compile does: every batch padded to the block
     want, got = reference.loss_and_grads(batch, dropout), engine.loss_and_grads(batch, dropout)
     assert abs(got - want) <= 1e-12 * max(abs(want), 1.0), f"loss {got!r} vs python {want!r}"
     tensor, difference = worst_tensor(engine.gradients(), reference.gradients(), cfg)
@@ -88,7 +94,8 @@ def test_dropout_changes_the_loss_and_p_0_is_no_dropout(name):
     assert losses[0.5] != losses[0.0] == engines.create(name, CFG, weights).loss(BATCH)
 
 
-@pytest.mark.parametrize("ablations", [(), ("rmsnorm", "position"), ("attention",), ("mlp",)], ids=str)
+@pytest.mark.parametrize("ablations", [(), ("rmsnorm", "position"), ("causal-mask",), ("attention",), ("mlp",)],
+                         ids=str)
 def test_the_python_engines_gradient_is_the_losss_under_fixed_masks(ablations):
     # the masks are a function of the step, not of the weights: with them fixed, the loss is a smooth function whose
     # central differences (h = 1e-6) the gradient must match

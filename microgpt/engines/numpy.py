@@ -13,6 +13,7 @@ Shapes: B = documents in the batch, T = tokens per document (padded), C = n_embd
 D = head_dim = C // H, V = vocab_size, P = parameters.
 """
 import math
+from functools import partial
 
 import numpy as np
 
@@ -82,8 +83,9 @@ def dropout_backward(dy, mask):  # a product with constants: the gradient is mul
 def dropout_mask(dropout, key, documents, shape, strides, dtype):
     """(B, *shape): dropout.scale where the activation of documents[b] (B,) at coordinate sum(index * stride) is kept,
     0 where dropped (microgpt/dropout.py)."""
-    documents = documents.reshape((-1,) + (1,) * len(shape))
-    return kept(dropout.p, key, documents, coordinates(shape, strides, np.arange)).astype(dtype) * dropout.scale
+    documents = documents.astype(np.uint32).reshape((-1,) + (1,) * len(shape))  # (32-bit integers: half the memory
+    coordinate = coordinates(shape, strides, partial(np.arange, dtype=np.uint32))  # of int64, whose products wrap)
+    return kept(dropout.p, key, documents, coordinate).astype(dtype) * dropout.scale
 
 
 def softmax(z):  # along the last axis, the reference's arithmetic: exp(z - max) * (sum)^-1
