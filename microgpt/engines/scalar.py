@@ -51,7 +51,9 @@ class Engine(Base):
     def loss(self, batch):
         return self._loss(batch).data
 
-    def loss_and_grads(self, batch):
+    def loss_and_grads(self, batch, dropout=None):
+        if dropout is not None:  # (train refuses --dropout with this engine before it starts)
+            raise ValueError("the scalar engine is the atomic file, which has no dropout")
         for value in self.values:
             value.grad = 0
         loss = self._loss(batch)
