@@ -146,7 +146,7 @@ class GPT(nn.Module):
         visible = self.visible(q.shape[2], k.shape[2], padding, q.device)
         if self.attention == "sdpa":
             return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, scale=self.attn_scale,
-                                                  dropout_p=dropout.p if dropout else 0.0)
+                                                  dropout_p=0.0 if dropout is None else dropout.p)
         weights = softmax(attention_scores(q, k, self.attn_scale, visible))  # (B, H, Tq, Tk)
         if dropout is not None:  # (H, Tq, Tk) of each document, with strides of the block
             S = self.cfg.block_size
