@@ -82,9 +82,10 @@ def dropout_backward(dy, mask):  # a product with constants: the gradient is mul
 
 def dropout_mask(dropout, key, documents, shape, strides, dtype):
     """(B, *shape): dropout.scale where the activation of documents[b] (B,) at coordinate sum(index * stride) is kept,
-    0 where dropped (microgpt/dropout.py)."""
-    documents = documents.astype(np.uint32).reshape((-1,) + (1,) * len(shape))  # (32-bit integers: half the memory
-    coordinate = coordinates(shape, strides, partial(np.arange, dtype=np.uint32))  # of int64, whose products wrap)
+    0 where dropped (microgpt/dropout.py). documents and coordinates are uint32: half the memory of int64, and
+    their products wrap at 32 bits, as the hash wants."""
+    coordinate = coordinates(shape, strides, partial(np.arange, dtype=np.uint32))
+    documents = documents.reshape((-1,) + (1,) * len(shape))
     return kept(dropout.p, key, documents, coordinate).astype(dtype) * dropout.scale
 
 
@@ -251,19 +252,19 @@ class Engine(Base):
         """{(place, layer): mask} of a training step's dropout over documents (B, T): the embedding's,
         attention's and the MLP's outputs' (B, T, C), the attention weights' (B, H, T, T)."""
         C, H, S, has, dtype = self.cfg.n_embd, self.cfg.n_head, self.cfg.block_size, self.has, self.p.dtype
-        documents = np.arange(B)
+        documents = np.arange(B, dtype=np.uint32)
 
-        def rows(key):
+        def activations(key):  # (B, T, C)
             return dropout_mask(dropout, key, documents, (T, C), (C, 1), dtype)
 
-        masks = {(EMBEDDING, 0): rows(dropout.key(EMBEDDING))}
+        masks = {(EMBEDDING, 0): activations(dropout.key(EMBEDDING))}
         for li in range(self.cfg.n_layer):
             if has.attention:
                 masks[ATTENTION_WEIGHTS, li] = dropout_mask(dropout, dropout.key(ATTENTION_WEIGHTS, li), documents,
                                                             (H, T, T), (S * S, S, 1), dtype)
-                masks[ATTENTION_OUTPUT, li] = rows(dropout.key(ATTENTION_OUTPUT, li))
+                masks[ATTENTION_OUTPUT, li] = activations(dropout.key(ATTENTION_OUTPUT, li))
             if has.mlp:
-                masks[MLP_OUTPUT, li] = rows(dropout.key(MLP_OUTPUT, li))
+                masks[MLP_OUTPUT, li] = activations(dropout.key(MLP_OUTPUT, li))
         return masks
 
     def _loss(self, batch, dropout=None):

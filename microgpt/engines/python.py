@@ -279,18 +279,18 @@ class Engine(Base):
         outputs' (N, C), end to end like the rows; the attention weights', a list of (H, T, T), one per document."""
         C, H, S, has = self.cfg.n_embd, self.cfg.n_head, self.cfg.block_size, self.has
 
-        def rows(key):  # (N, C): each document's positions
+        def activations(key):  # (N, C): each document's positions
             return [row for d, seq in enumerate(seqs) for row in dropout_mask(dropout, key, d, len(seq), C)]
 
-        masks = {(EMBEDDING, 0): rows(dropout.key(EMBEDDING))}
+        masks = {(EMBEDDING, 0): activations(dropout.key(EMBEDDING))}
         for li in range(self.cfg.n_layer):
             if has.attention:
                 key = dropout.key(ATTENTION_WEIGHTS, li)
                 masks[ATTENTION_WEIGHTS, li] = [[dropout_mask(dropout, key, d, len(seq), len(seq), h * S * S, S)
                                                  for h in range(H)] for d, seq in enumerate(seqs)]
-                masks[ATTENTION_OUTPUT, li] = rows(dropout.key(ATTENTION_OUTPUT, li))
+                masks[ATTENTION_OUTPUT, li] = activations(dropout.key(ATTENTION_OUTPUT, li))
             if has.mlp:
-                masks[MLP_OUTPUT, li] = rows(dropout.key(MLP_OUTPUT, li))
+                masks[MLP_OUTPUT, li] = activations(dropout.key(MLP_OUTPUT, li))
         return masks
 
     def _loss(self, batch, dropout=None):
