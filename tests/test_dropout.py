@@ -113,14 +113,16 @@ def test_the_python_engines_gradient_is_the_losss_under_fixed_masks(ablations):
 
 
 def test_a_documents_masks_do_not_depend_on_the_batch_around_it():
-    # the same document first in two batches of different lengths (numpy pads to the longest): the same masks
+    # the same document first in two batches, alone and beside a longer one (numpy's attention pads to the longest):
+    # the same masks
     dropout, weights = Dropout(0.5, 3, 9), reference_weights(CFG, random.Random(2))
-    np = pytest.importorskip("numpy")
+    numpy_engine = pytest.importorskip("microgpt.engines.numpy", reason="no numpy")
     engine = engines.create("numpy", CFG, weights)
-    short = engine._forward(np.array([BATCH[1][:-1]]), dropout=dropout).masks
-    long = engine._forward(np.array([[*BATCH[1][:-1], 0, 0, 0]]), dropout=dropout).masks
-    T = len(BATCH[1]) - 1
-    assert (short[EMBEDDING, 0][0] == long[EMBEDDING, 0][0][:T]).all()
+    document = BATCH[1][:-1]
+    short = engine._forward(numpy_engine.Rows.of([document]), dropout=dropout).masks
+    long = engine._forward(numpy_engine.Rows.of([document, [*document, 0, 0, 0]]), dropout=dropout).masks
+    T = len(document)
+    assert (short[EMBEDDING, 0] == long[EMBEDDING, 0][:T]).all()  # (rows (N, C): the document's come first)
     assert (short[ATTENTION_WEIGHTS, 1][0] == long[ATTENTION_WEIGHTS, 1][0][:, :T, :T]).all()
 
 

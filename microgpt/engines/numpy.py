@@ -2,18 +2,22 @@
 
 Each `*_forward` / `*_backward` pair here computes what the pair of the same name in microgpt/engines/python.py
 computes, with the same parameters and the same conventions (a backward returns dx and adds into the dw it is
-given), with whole arrays instead of loops: lay the two files side by side. Documents of a batch are padded to one
-length T and the loss ignores the padding; causal attention keeps real tokens from ever seeing the padding (and
-attention that is not, `--ablate causal-mask`, hides it), so it receives no gradient. All weights live in one flat
-array (and so do their gradients and Adam's moments): a matrix is a view into it, and Adam is a few whole-array
-operations. float64 by default, so the numbers agree with the
-atomic file to rounding (float32 on request: about twice as fast, and agrees to about 1e-6).
+given), with whole arrays instead of loops: lay the two files side by side. As there, a batch's documents lie end
+to end, a row per token, so that every operation but attention computes on tokens alone, never on padding (names
+are half as long as the longest of a batch of 64). Attention, which needs each document's tokens side by side,
+sees them padded into a grid (B, T) and takes every document at once; causal attention keeps real tokens from
+ever seeing the padding (and attention that is not, `--ablate causal-mask`, hides it), so it receives no
+gradient. All weights live in one flat array (and so do their gradients and Adam's moments): a matrix is a view
+into it, and Adam is a few whole-array operations. float64 by default, so the numbers agree with the atomic file
+to rounding (float32 on request: about twice as fast, and agrees to about 1e-6).
 
-Shapes: B = documents in the batch, T = tokens per document (padded), C = n_embd, H = n_head,
-D = head_dim = C // H, V = vocab_size, P = parameters.
+Shapes: N = tokens of a batch (its documents end to end), B = documents, T = tokens of the longest (the grid
+attention pads them into), C = n_embd, H = n_head, D = head_dim = C // H, V = vocab_size, P = parameters.
 """
 import math
 from functools import partial
+from itertools import chain
+from typing import NamedTuple
 
 import numpy as np
 
@@ -28,21 +32,31 @@ from microgpt.layout import split, stacked_qkv
 # The operations, each a forward/backward pair
 
 
-def embedding_forward(wte, wpe, tokens, positions):  # tokens (B, T), positions (T,) or None (no wpe) -> (B, T, C)
+def embedding_forward(wte, wpe, tokens, positions):  # tokens, positions (N,) or None (no wpe) -> (N, C)
     return wte[tokens] if positions is None else wte[tokens] + wpe[positions]
 
 
-def embedding_backward(dx, tokens, positions, dwte, dwpe):  # dx (B, T, C): each row into dwte[token], dwpe[position]
-    np.add.at(dwte, tokens, dx)  # a token that occurs twice gets both gradients
+def embedding_backward(dx, tokens, positions, dwte, dwpe):  # dx (N, C): each row into dwte[token], dwpe[position]
+    add_rows(dwte, tokens, dx)
     if positions is not None:
-        dwpe[positions] += dx.sum(axis=0)
+        add_rows(dwpe, positions, dx)
 
 
-def rms_scale(x):  # (B, T, C) -> (B, T, 1): (mean(x^2) + 1e-5)^-1/2, the reference's arithmetic
+def add_rows(dw, index, dx):
+    """dw[index[n]] += dx[n] for every row n, the rows of a repeated index summed (a token that occurs twice gets
+    both gradients): sorted by index, each run of equal ones summed at once (np.add.at does the same row by row,
+    ten times as slowly)."""
+    order = np.argsort(index, kind="stable")
+    index = index[order]
+    starts = np.flatnonzero(np.r_[True, index[1:] != index[:-1]])  # where each index's run begins
+    dw[index[starts]] += np.add.reduceat(dx[order], starts, axis=0)
+
+
+def rms_scale(x):  # (N, C) -> (N, 1): (mean(x^2) + 1e-5)^-1/2, the reference's arithmetic
     return ((x * x).sum(axis=-1, keepdims=True) * x.shape[-1] ** -1 + 1e-5) ** -0.5
 
 
-def rmsnorm_forward(x):  # (B, T, C) -> (B, T, C), each row scaled to unit root-mean-square
+def rmsnorm_forward(x):  # (N, C) -> (N, C), each row scaled to unit root-mean-square
     return x * rms_scale(x)
 
 
@@ -51,17 +65,13 @@ def rmsnorm_backward(dy, x):  # dx = s * dy - (s^3 / C) * (dy . x) * x
     return scale * dy - (scale**3 * x.shape[-1] ** -1) * (dy * x).sum(axis=-1, keepdims=True) * x
 
 
-def linear_forward(x, w):  # x (B, T, nin), w (nout, nin) -> (B, T, nout)
-    return (rows(x) @ w.T).reshape(*x.shape[:-1], w.shape[0])
+def linear_forward(x, w):  # x (N, nin), w (nout, nin) -> (N, nout): one matrix product for the whole batch
+    return x @ w.T
 
 
-def linear_backward(dy, x, w, dw):  # dy (B, T, nout) -> dx (B, T, nin); adds dy^T x into dw (nout, nin)
-    dw += rows(dy).T @ rows(x)
-    return (rows(dy) @ w).reshape(*dy.shape[:-1], w.shape[1])
-
-
-def rows(x):  # (B, T, n) -> (B * T, n): one matrix product for the whole batch, not B small ones (2.5 times as fast)
-    return x.reshape(-1, x.shape[-1])
+def linear_backward(dy, x, w, dw):  # dy (N, nout) -> dx (N, nin); adds dy^T x into dw (nout, nin)
+    dw += dy.T @ x
+    return dy @ w
 
 
 def relu_forward(x):
@@ -80,12 +90,10 @@ def dropout_backward(dy, mask):  # a product with constants: the gradient is mul
     return dropout_forward(dy, mask)
 
 
-def dropout_mask(dropout, key, documents, shape, strides, dtype):
-    """(B, *shape): dropout.scale where the activation of documents[b] (B,) at coordinate sum(index * stride) is kept,
-    0 where dropped (microgpt/dropout.py). documents and coordinates are uint32: half the memory of int64, and
-    their products wrap at 32 bits, as the hash wants."""
-    coordinate = coordinates(shape, strides, partial(np.arange, dtype=np.uint32))
-    documents = documents.reshape((-1,) + (1,) * len(shape))
+def dropout_mask(dropout, key, documents, coordinate, dtype):
+    """dropout.scale where the activation of `documents` at `coordinate` (arrays that broadcast together) is kept, 0
+    where dropped (microgpt/dropout.py). Both are uint32: half the memory of int64, and their products wrap at 32
+    bits, as the hash wants."""
     return kept(dropout.p, key, documents, coordinate).astype(dtype) * dropout.scale
 
 
@@ -132,7 +140,7 @@ def attention_backward(dout, q, k, v, weights, n_head, scale, dropped=None):
     return merge_heads(dq), merge_heads(dk), merge_heads(dv)
 
 
-def cross_entropy_forward(logits, targets):  # logits (B, T, V), targets (B, T) -> losses (B, T), probs (B, T, V)
+def cross_entropy_forward(logits, targets):  # logits (N, V), targets (N,) -> losses (N,), probs (N, V)
     probs = softmax(logits)
     losses = -np.log(probs[at_targets(targets)])
     underflowed = np.isinf(losses)  # p = 0: -log softmax from the logits, log(sum(exp(z - max))) - (z_t - max)
@@ -142,15 +150,14 @@ def cross_entropy_forward(logits, targets):  # logits (B, T, V), targets (B, T) 
     return losses, probs
 
 
-def cross_entropy_backward(probs, targets, dloss):  # dloss (B, T): 1/N where a token counts, 0 on padding
+def cross_entropy_backward(probs, targets, dloss):  # dloss: each token's share of the loss, 1/N
     dlogits = probs.copy()  # dlogits = probs - one_hot(target), scaled by dloss
     dlogits[at_targets(targets)] -= 1.0
-    return dlogits * dloss[..., None]
+    return dlogits * dloss
 
 
-def at_targets(targets):  # the index of probs[b, t, targets[b, t]] for every b, t
-    B, T = targets.shape
-    return np.arange(B)[:, None], np.arange(T), targets
+def at_targets(targets):  # the index of probs[n, targets[n]] for every n
+    return np.arange(len(targets)), targets
 
 
 def square_sum(x):  # the sum of x^2, in float64: a float32 dot product keeps fewer digits of ten million terms
@@ -169,6 +176,49 @@ def adam_update(p, g, m, v, step, lr_t, beta1, beta2, eps, weight_decay):
     v *= beta2
     v += (1 - beta2) * g**2
     p -= lr_t * (m / bias1) / ((v / bias2) ** 0.5 + eps)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The batch: documents end to end, and the grid that attention pads them into
+
+
+class Rows(NamedTuple):
+    """The input tokens of a batch's documents, end to end (N rows), and where each sits in the grid (B, T) that
+    attention pads them into: document b's token t in cell b * T + t."""
+    tokens: np.ndarray  # (N,) int64
+    positions: np.ndarray  # (N,) int64: each token's position in its document (after the cached ones, in sampling)
+    documents: np.ndarray  # (N,) uint32: each token's document, its place in the batch (for dropout's hash)
+    grid: tuple  # (B, T)
+    cells: object  # (N,) each token's cell, or None where every cell holds one (no padding: a stream's windows)
+
+    @classmethod
+    def of(cls, seqs, start=0):
+        """The rows of documents (token lists), the first at position `start`."""
+        lengths = np.array([len(seq) for seq in seqs])
+        B, T, N = len(seqs), int(lengths.max()), int(lengths.sum())
+        tokens = np.fromiter(chain.from_iterable(seqs), np.int64, N)
+        documents = np.repeat(np.arange(B, dtype=np.uint32), lengths)
+        positions = np.arange(N) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # (counted within each document)
+        cells = None if N == B * T else documents * T + positions
+        return cls(tokens, positions + start, documents, (B, T), cells)
+
+    def to_grid(self, x):  # (N, n) -> (B, T, n), zeros on the padding
+        if self.cells is None:
+            return x.reshape(*self.grid, -1)
+        grid = np.zeros((self.grid[0] * self.grid[1], x.shape[-1]), dtype=x.dtype)
+        grid[self.cells] = x
+        return grid.reshape(*self.grid, -1)
+
+    def from_grid(self, x):  # (B, T, n) -> (N, n): the cells that hold tokens
+        x = x.reshape(-1, x.shape[-1])
+        return x if self.cells is None else x[self.cells]
+
+    def padding(self):  # (B, T): True on the cells that hold no token; None where there are none
+        if self.cells is None:
+            return None
+        held = np.zeros(self.grid[0] * self.grid[1], dtype=bool)
+        held[self.cells] = True
+        return ~held.reshape(self.grid)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -205,21 +255,20 @@ class Engine(Base):
         return [[empty, empty] for _ in range(self.cfg.n_layer)]
 
     def forward_cached(self, tokens, cache):
-        return self._forward(np.array([tokens]), cache).logits[0].tolist()
+        return self._forward(Rows.of([tokens], start=cache[0][0].shape[1]), cache).logits.tolist()
 
-    def _forward(self, tokens, cache=None, scores_too=False, padding=None, dropout=None):
-        """The Record of a forward pass over documents, token rows (B, T) padded to one length (padding (B, T): True
-        on the padding, given when attention is not causal); `cache` (for one document) holds the keys and values of
-        earlier positions, which this call extends. Attention's scores are kept for a trace only: the backward needs
-        the weights alone, and at nanoGPT's size every layer's scores of a batch of 64 are 100 MB. A piece the model
-        lacks (self.has, microgpt/ablations.py) is skipped, or is the identity. With `dropout` (a training step's,
-        microgpt/dropout.py) the record holds its masks, and the values after them."""
+    def _forward(self, rows, cache=None, scores_too=False, dropout=None):
+        """The Record of a forward pass over the documents of `rows` (Rows): every value (N, ...) a row per token,
+        but attention's scores and weights (B, H, T, T), per cell of the grid. `cache` (for one document) holds the
+        keys and values (1, T', C) of earlier positions, which this call extends. Attention's scores are kept for a
+        trace only: the backward needs the weights alone, and at nanoGPT's size every layer's scores of a batch of 64
+        are 100 MB. A piece the model lacks (self.has, microgpt/ablations.py) is skipped, or is the identity. With
+        `dropout` (a training step's, microgpt/dropout.py) the record holds its masks, and the values after them."""
         cfg, P, has = self.cfg, self.params, self.has
-        start = cache[0][0].shape[1] if cache is not None else 0
-        positions = np.arange(start, start + tokens.shape[1]) if has.position else None
-        masks = {} if dropout is None else self._dropout_masks(*tokens.shape, dropout)
-        embedding = embedding_forward(P["wte"], P["wpe"], tokens, positions)
-        embedding = dropout_forward(embedding, masks.get((EMBEDDING, 0)))  # (B, T, C)
+        padding = None if has.causal_mask else rows.padding()  # (what attention that is not causal must hide)
+        masks = {} if dropout is None else self._dropout_masks(rows, dropout)
+        embedding = embedding_forward(P["wte"], P["wpe"], rows.tokens, rows.positions if has.position else None)
+        embedding = dropout_forward(embedding, masks.get((EMBEDDING, 0)))  # (N, C)
         x = embedding_norm = rmsnorm_forward(embedding) if has.rmsnorm else embedding
         layers, C = [], cfg.n_embd
         for li in range(cfg.n_layer):
@@ -227,62 +276,62 @@ class Engine(Base):
             attention, attn_residual = (None,) * 8, x  # (no attention block: the stream passes by)
             if has.attention:
                 attn_norm = rmsnorm_forward(x) if has.rmsnorm else x
-                qkv = linear_forward(attn_norm, P[L + "attn_qkv"])  # (B, T, 3C): one product for the three
-                q, k, v = qkv[..., :C], qkv[..., C:2 * C], qkv[..., 2 * C:]
-                keys, values = k, v
+                qkv = linear_forward(attn_norm, P[L + "attn_qkv"])  # (N, 3C): one product for the three
+                q, k, v = qkv[:, :C], qkv[:, C:2 * C], qkv[:, 2 * C:]
+                grid = rows.to_grid(qkv)  # (B, T, 3C)
+                queries, keys, values = grid[..., :C], grid[..., C:2 * C], grid[..., 2 * C:]
                 if cache is not None:
-                    keys = cache[li][0] = np.concatenate([cache[li][0], k], axis=1)
-                    values = cache[li][1] = np.concatenate([cache[li][1], v], axis=1)
-                heads, scores, weights = attention_forward(q, keys, values, cfg.n_head, self.attn_scale,
-                                                           has.causal_mask, masks.get((ATTENTION_WEIGHTS, li)), padding)
+                    keys = cache[li][0] = np.concatenate([cache[li][0], keys], axis=1)
+                    values = cache[li][1] = np.concatenate([cache[li][1], values], axis=1)
+                out, scores, weights = attention_forward(queries, keys, values, cfg.n_head, self.attn_scale,
+                                                         has.causal_mask, masks.get((ATTENTION_WEIGHTS, li)), padding)
+                heads = rows.from_grid(out)  # (N, C)
                 proj = dropout_forward(linear_forward(heads, P[L + "attn_wo"]), masks.get((ATTENTION_OUTPUT, li)))
                 attn_residual = proj + x if has.residual else proj
                 attention = (attn_norm, q, k, v, scores if scores_too else None, weights, heads, proj)
             mlp, x = (None,) * 4, attn_residual  # (no MLP block: the stream passes by)
             if has.mlp:
                 mlp_norm = rmsnorm_forward(attn_residual) if has.rmsnorm else attn_residual
-                fc1 = linear_forward(mlp_norm, P[L + "mlp_fc1"])  # (B, T, 4C)
+                fc1 = linear_forward(mlp_norm, P[L + "mlp_fc1"])  # (N, 4C)
                 relu = relu_forward(fc1) if has.relu else fc1
                 fc2 = dropout_forward(linear_forward(relu, P[L + "mlp_fc2"]), masks.get((MLP_OUTPUT, li)))
                 mlp, x = (mlp_norm, fc1, relu, fc2), fc2 + attn_residual if has.residual else fc2
             layers.append(Layer(*attention, attn_residual, *mlp, x))
-        return Record(embedding, embedding_norm, layers, linear_forward(x, P["lm_head"]), masks)  # logits (B, T, V)
+        return Record(embedding, embedding_norm, layers, linear_forward(x, P["lm_head"]), masks)  # logits (N, V)
 
-    def _dropout_masks(self, B, T, dropout):
-        """{(place, layer): mask} of a training step's dropout over documents (B, T): the embedding's,
-        attention's and the MLP's outputs' (B, T, C), the attention weights' (B, H, T, T)."""
+    def _dropout_masks(self, rows, dropout):
+        """{(place, layer): mask} of a training step's dropout over `rows` (Rows): the embedding's, attention's and
+        the MLP's outputs' (N, C), a row per token; the attention weights' (B, H, T, T), per cell of the grid."""
         C, H, S, has, dtype = self.cfg.n_embd, self.cfg.n_head, self.cfg.block_size, self.has, self.p.dtype
-        documents = np.arange(B, dtype=np.uint32)
+        arange = partial(np.arange, dtype=np.uint32)
+        B, T = rows.grid
+        token_documents = rows.documents[:, None]  # (N, 1)
+        token_coordinates = coordinates((S, C), (C, 1), arange)[rows.positions]  # (N, C)
+        grid_documents = arange(B).reshape(B, 1, 1, 1)
+        grid_coordinates = coordinates((H, T, T), (S * S, S, 1), arange)  # broadcasts to (H, T, T)
 
-        def activations(key):  # (B, T, C)
-            return dropout_mask(dropout, key, documents, (T, C), (C, 1), dtype)
+        def activations(key):  # (N, C)
+            return dropout_mask(dropout, key, token_documents, token_coordinates, dtype)
 
         masks = {(EMBEDDING, 0): activations(dropout.key(EMBEDDING))}
         for li in range(self.cfg.n_layer):
             if has.attention:
-                masks[ATTENTION_WEIGHTS, li] = dropout_mask(dropout, dropout.key(ATTENTION_WEIGHTS, li), documents,
-                                                            (H, T, T), (S * S, S, 1), dtype)
+                masks[ATTENTION_WEIGHTS, li] = dropout_mask(dropout, dropout.key(ATTENTION_WEIGHTS, li), grid_documents,
+                                                            grid_coordinates, dtype)
                 masks[ATTENTION_OUTPUT, li] = activations(dropout.key(ATTENTION_OUTPUT, li))
             if has.mlp:
                 masks[MLP_OUTPUT, li] = activations(dropout.key(MLP_OUTPUT, li))
         return masks
 
     def _loss(self, batch, dropout=None):
-        """The mean loss over every predicted token of a batch of documents (each cut to block_size + 1 tokens, padded
-        to the longest), and what the backward needs: the inputs, the record, the probabilities, the targets, each
-        token's share (0 on padding)."""
+        """The mean loss of a batch (each document cut to block_size + 1 tokens), and what the backward needs."""
         seqs = [doc[:self.cfg.block_size + 1] for doc in batch]
-        T = max(len(seq) for seq in seqs) - 1
-        padded = np.zeros((len(seqs), T + 1), dtype=np.int64)
-        counts = np.zeros((len(seqs), T), dtype=self.p.dtype)  # 1 where a token is predicted, 0 on padding
-        for b, seq in enumerate(seqs):
-            padded[b, :len(seq)] = seq
-            counts[b, :len(seq) - 1] = 1.0
-        inputs, targets = padded[:, :-1], padded[:, 1:]
-        record = self._forward(inputs, padding=None if self.has.causal_mask else counts == 0, dropout=dropout)
+        inputs = Rows.of([seq[:-1] for seq in seqs])
+        record = self._forward(inputs, dropout=dropout)
+        targets = np.fromiter(chain.from_iterable(seq[1:] for seq in seqs), np.int64, len(inputs.tokens))
         losses, probs = cross_entropy_forward(record.logits, targets)
-        loss = float((losses * counts).sum() * (1 / counts.sum()))
-        return loss, inputs, record, probs, targets, counts * (1 / counts.sum())
+        share = 1 / len(targets)  # each token's share of the loss
+        return float(losses.sum() * share), inputs, record, probs, targets, share
 
     @np.errstate(all="ignore")  # a diverged model gives inf or nan, which the trainer reports
     def loss(self, batch):
@@ -309,15 +358,15 @@ class Engine(Base):
             if has.attention:  # attn_residual = x + attn_wo(attention(q, k, v)), q, k, v projections of rmsnorm(x)
                 dproj = dropout_backward(dx, masks.get((ATTENTION_OUTPUT, li)))
                 dheads = linear_backward(dproj, layer.attn_heads, P[L + "attn_wo"], G[L + "attn_wo"])
-                dq, dk, dv = attention_backward(dheads, layer.attn_q, layer.attn_k, layer.attn_v, layer.attn_weights,
-                                                cfg.n_head, self.attn_scale, masks.get((ATTENTION_WEIGHTS, li)))
-                dqkv = np.concatenate([dq, dk, dv], axis=-1)  # (B, T, 3C), as the forward's one product made them
+                on_grid = map(inputs.to_grid, (dheads, layer.attn_q, layer.attn_k, layer.attn_v))  # (B, T, C) each
+                dq, dk, dv = attention_backward(*on_grid, layer.attn_weights, cfg.n_head, self.attn_scale,
+                                                masks.get((ATTENTION_WEIGHTS, li)))
+                dqkv = inputs.from_grid(np.concatenate([dq, dk, dv], axis=-1))  # (N, 3C), as the forward's product
                 dnorm = linear_backward(dqkv, layer.attn_norm, P[L + "attn_qkv"], G[L + "attn_qkv"])
                 dbranch = rmsnorm_backward(dnorm, record.stream(li)) if has.rmsnorm else dnorm
                 dx = dbranch + dx if has.residual else dbranch
         dx = dropout_backward(rmsnorm_backward(dx, record.embedding) if has.rmsnorm else dx, masks.get((EMBEDDING, 0)))
-        positions = np.arange(inputs.shape[1]) if has.position else None
-        embedding_backward(dx, inputs, positions, G["wte"], G["wpe"])
+        embedding_backward(dx, inputs.tokens, inputs.positions if has.position else None, G["wte"], G["wpe"])
         return loss
 
     def clip_grads(self, max_norm):
@@ -332,11 +381,12 @@ class Engine(Base):
 
     @np.errstate(all="ignore")
     def record(self, tokens):
-        """The Record of one forward pass over `tokens` (T,), every intermediate an array without the batch axis."""
-        record = self._forward(np.array([tokens]), scores_too=True)
-        return Record(record.embedding[0], record.embedding_norm[0],
-                      [Layer(*(None if x is None else x[0] for x in layer)) for layer in record.layers],
-                      record.logits[0])
+        """The Record of one forward pass over `tokens` (T,), every intermediate an array (T, ...) or (H, T, T)."""
+        record = self._forward(Rows.of([tokens]), scores_too=True)  # one document: its attention is the first
+        return record._replace(masks=None, layers=[layer._replace(attn_scores=layer.attn_scores[0],
+                                                                  attn_weights=layer.attn_weights[0])
+                                                   if layer.attn_weights is not None else layer
+                                                   for layer in record.layers])
 
     # -- the engine's arithmetic for the flat arrays and the health statistics (engines/base.py) ----------------------
 
