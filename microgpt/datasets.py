@@ -7,12 +7,15 @@ Two formats:
           most a tenth) are held out, as makemore does. With the reference seed, training visits the
           documents exactly as the reference run does.
   stream  the whole text is one sequence (a play, a book, code): trained on random windows of
-          block_size + 1 tokens; the last 10% is held out.
+          block_size + 1 tokens; the last 10% is held out. Its tokens are machine integers (an
+          array('q')), so that a window is a slice of bytes, which an array engine takes in one copy
+          (the torch engine makes a batch of 64 windows of 257 tokens in 0.03 ms, from lists in 2.7 ms).
 The held-out part never reaches training, and the split depends only on the data and the seed.
 """
 import hashlib
 import os
 import random
+from array import array
 
 from microgpt.atomic import NAMES_FILE
 from microgpt.errors import UserError
@@ -105,7 +108,7 @@ class Dataset:
         else:
             cut = len(text) - len(text) // 10  # the last tenth of the characters is held out
             self.tokenizer = train_tokenizer(tokenizer, [text] if tokenizer[0] == "char" else [text[:cut]])
-            self.train, self.held_out = self.tokenizer.encode(text[:cut]), self.tokenizer.encode(text[cut:])
+            self.train, self.held_out = (array("q", self.tokenizer.encode(part)) for part in (text[:cut], text[cut:]))
             self.train_docs = set()
 
     def _bracket(self, doc):

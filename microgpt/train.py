@@ -14,6 +14,7 @@ import os
 import random
 import sys
 import time
+from typing import NamedTuple
 
 from microgpt import ablations, atomic, checkpoint, engines, health
 from microgpt.datasets import Dataset
@@ -48,6 +49,8 @@ class Trainer:
         weights = state[0] if state else reference_weights(self.cfg, self.rng, tc.init_std)
         self.engine = engines.create(settings.engine or engines.fastest(), self.cfg, weights, settings.dtype,
                                      settings.ablate, **settings.engine_options)
+        self.engine.lazy_results = True  # a GPU's losses are read every READ_EVERY steps, not waited for each step
+        self.unread = []  # the steps taken whose losses are not read yet (Unread)
         if tc.dropout and self.engine.name == "scalar":
             raise UserError(f"--dropout {tc.dropout}: the scalar engine is the atomic file, which has no dropout; use "
                             "--engine python, numpy or torch")
@@ -146,6 +149,7 @@ class Trainer:
             while not self._stopping() and self.step < tc.steps:
                 self.train_step(progress)
         if self.stop_requested:  # (a finished run saved at its final evaluation)
+            self._read_losses(progress)  # (the smoothed loss the checkpoint keeps)
             path = self.save()
             world = self.engine.world
             launcher = f"torchrun --nproc_per_node={world}" if world > 1 else "python"
@@ -159,33 +163,51 @@ class Trainer:
         return self.stop_requested
 
     def train_step(self, progress):
-        """One step: a batch, its loss and gradients, clipping, Adam; the log and health on logged steps, an
-        evaluation every eval_every steps and at the end."""
+        """One step: a batch, its loss and gradients, clipping, Adam; the losses read (each step's at once on a CPU,
+        every READ_EVERY steps' on a GPU) and checked; the log and health on logged steps, an evaluation every
+        eval_every steps and at the end."""
         s, tc = self.settings, self.settings.train
         started = time.perf_counter()
-        logged = (self.step + 1) % s.log_every == 0 or self.step + 1 == tc.steps
+        step = self.step + 1  # the step taken here, counted from 1 as printed
+        logged = step % s.log_every == 0 or step == tc.steps
+        evaluated = step % s.eval_every == 0 or step == tc.steps
         batch = self.data.batch(self.step, tc.batch_size, self.cfg.block_size, tc.seed)
+        first = batch[0][:self.cfg.block_size]  # (a document that health and a divergence look into)
         loss = self.engine.loss_and_grads(batch, Dropout(tc.dropout, tc.seed, self.step) if tc.dropout else None)
-        if not loss < HOPELESS:  # (NaN, too)
-            raise TrainingDiverged(self.step + 1, loss, self.out_dir, self.last_saved_step,
-                                   self.engine.first_non_finite(batch[0][:self.cfg.block_size]))
+        if isinstance(loss, float) and not loss < HOPELESS:  # read at once (a CPU's): stop before Adam spoils the
+            raise TrainingDiverged(step, loss, self.out_dir, self.last_saved_step,  # weights that made it
+                                   self.engine.first_non_finite(first))
         snapshot_started = time.perf_counter()
         snapshot = self.engine.health_snapshot() if logged else None  # (not counted in the step's time)
         snapshot_seconds = time.perf_counter() - snapshot_started
         grad_norm = self.engine.clip_grads(tc.grad_clip) if tc.grad_clip else None
         lr = learning_rate(self.step, tc)
         self.engine.adam_step(self.step, lr, tc.beta1, tc.beta2, tc.eps, tc.weight_decay)
-        self.step += 1
+        self.step = step
         seconds = time.perf_counter() - started - snapshot_seconds
         tokens = engines.predicted_tokens(batch, self.cfg.block_size)
-        self.smoothed = loss if self.smoothed is None else 0.9 * self.smoothed + 0.1 * loss
-        progress.update(self.step, loss, tokens, seconds)
+        self.unread.append(Unread(step, loss, tokens, seconds))
+        if logged or evaluated or step % READ_EVERY == 0 or isinstance(loss, float):
+            loss = self._read_losses(progress)
         if logged:
-            self.log({"step": self.step, "train_loss": loss, "train_loss_smooth": self.smoothed, "lr": lr,
-                      "grad_norm": grad_norm, "ms_per_step": 1000 * seconds, "tokens_per_s": tokens / seconds,
-                      "health": self._health(snapshot, batch[0][:self.cfg.block_size])})
-        if self.step % s.eval_every == 0 or self.step == tc.steps:
-            self.evaluate(final=self.step == tc.steps)
+            self.log({"step": step, "train_loss": loss, "train_loss_smooth": self.smoothed, "lr": lr,
+                      "grad_norm": None if grad_norm is None else float(grad_norm), "ms_per_step": 1000 * seconds,
+                      "tokens_per_s": tokens / seconds, "health": self._health(snapshot, first)})
+        if evaluated:
+            self.evaluate(final=step == tc.steps)
+
+    def _read_losses(self, progress):
+        """Read the unread steps' losses, in order (waiting for a GPU to finish them), and return the last: the
+        first that is not finite stops training, naming its step; each moves the smoothed loss and the progress."""
+        loss = None  # (none unread)
+        for unread in self.unread:
+            loss = float(unread.loss)
+            if not loss < HOPELESS:  # (NaN, too; where it first appears is not found: the weights have moved on)
+                raise TrainingDiverged(unread.step, loss, self.out_dir, self.last_saved_step)
+            self.smoothed = loss if self.smoothed is None else 0.9 * self.smoothed + 0.1 * loss
+            progress.update(unread.step, loss, unread.tokens, unread.seconds)
+        self.unread = []
+        return loss
 
     def _health(self, snapshot, tokens):
         """The health record of the step just taken (microgpt/health.py), its warnings printed."""
@@ -208,6 +230,18 @@ class Trainer:
             yield tok.decode(generate(self.engine, prompt, self.rng, length, self.cfg.block_size, temperature,
                                       stop=stop))
 
+
+class Unread(NamedTuple):
+    """A step taken whose loss the trainer has not read yet."""
+    step: int  # counted from 1
+    loss: object  # a float, or a GPU's 0-d tensor (engines/base.py, lazy_results)
+    tokens: int  # predicted in its batch
+    seconds: float  # the host's time for the step (a GPU's own time lands in the step that reads it)
+
+
+# A GPU's losses are read every READ_EVERY steps: a run whose loss stops being finite stops within them, and between
+# readings the host queues each step's work without waiting for the GPU to finish the last
+READ_EVERY = 10
 
 # A mean loss above -log of the smallest float64 (744 nats a token) gives the right tokens probabilities that no float
 # can hold: whatever the engine's arithmetic makes of it (infinity from -log 0, or a finite number from the logits, as

@@ -1,6 +1,7 @@
 """The torch engine beyond what every engine proves (tests/test_engines.py holds it to the reference in
 float64): float32 and the fused attention kernel, padded batches, and DistributedDataParallel through
 torchrun on the CPU (gloo)."""
+import io
 import json
 import os
 import random
@@ -12,10 +13,13 @@ import sys
 import pytest
 from conftest import ROOT, microgpt, run_python
 from test_engines import worst_tensor
+from test_workflow import small_settings
 
 from microgpt import atomic, checkpoint
+from microgpt.config import RunSettings
 from microgpt.initialisation import reference_weights
 from microgpt.layout import segments
+from microgpt.train import READ_EVERY, Trainer, TrainingDiverged
 
 torch_engine = pytest.importorskip("microgpt.engines.torch", reason="the torch engine needs torch (CI installs it)")
 
@@ -98,6 +102,61 @@ def test_the_traced_forward_pass_is_the_models(attention):
     shape, traced = model.flat(model.record(tokens).logits)
     assert shape == (6, CFG.vocab_size)
     assert max(abs(a - b) for a, b in zip(traced.tolist(), (x for row in logits for x in row))) <= 1e-12
+
+
+# -- the GPU loop, on the CPU: results left unread as on a GPU (which a CPU skips: its results are ready at once) ----
+
+
+@pytest.fixture
+def lazy_on_the_cpu(monkeypatch):
+    monkeypatch.setattr(torch_engine.Engine, "_lazy", property(lambda self: self.lazy_results))
+
+
+def test_results_left_unread_are_the_numbers_read_at_once(lazy_on_the_cpu):
+    read, unread = engine(), engine()
+    unread.lazy_results = True
+    for max_norm in (1e-3, 1e3):  # clipped, and not
+        loss = unread.loss_and_grads(BATCH)
+        assert isinstance(loss, torch_engine.torch.Tensor) and float(loss) == read.loss_and_grads(BATCH)
+        norm = unread.clip_grads(max_norm)
+        assert isinstance(norm, torch_engine.torch.Tensor) and float(norm) == read.clip_grads(max_norm)
+        assert torch_engine.torch.equal(unread.g, read.g)
+
+
+def torch_run(out_dir):
+    """A Trainer of 25 steps on the CPU, which reads its losses at the last step alone of those it logs."""
+    words = out_dir.parent / "words.txt"
+    words.write_text("\n".join(["anna", "bob", "clara", "dave", "eve", "frank", "gina", "hal", "ivy", "jo"]))
+    settings = small_settings(words, steps=25, grad_clip=0.5)
+    settings = RunSettings(**{**settings.__dict__, "engine": "torch", "engine_options": {"device": "cpu"},
+                              "log_every": 1000, "eval_every": 1000})
+    return Trainer(settings, str(out_dir), stream=io.StringIO())
+
+
+def test_a_run_that_reads_its_losses_every_few_steps_is_the_same_run(tmp_path, monkeypatch):
+    at_once = torch_run(tmp_path / "at_once")
+    at_once.run()
+    monkeypatch.setattr(torch_engine.Engine, "_lazy", property(lambda self: self.lazy_results))
+    lazy, readings = torch_run(tmp_path / "lazy"), []
+    read = lazy._read_losses
+    lazy._read_losses = lambda progress: readings.append(len(lazy.unread)) or read(progress)
+    lazy.run()
+    assert readings == [READ_EVERY, READ_EVERY, 25 - 2 * READ_EVERY]  # (the last step is logged: read then)
+    assert (lazy.smoothed, lazy.best) == (at_once.smoothed, at_once.best)
+    assert list(lazy.engine.weights()) == list(at_once.engine.weights())
+
+
+def test_a_loss_that_stops_being_finite_between_readings_stops_the_run_naming_its_step(tmp_path, lazy_on_the_cpu):
+    trainer = torch_run(tmp_path / "run")
+    real, calls = trainer.engine.loss_and_grads, []
+
+    def nan_from_step_13(batch, dropout=None):
+        calls.append(batch)
+        return real(batch, dropout) * (float("nan") if len(calls) >= 13 else 1.0)
+    trainer.engine.loss_and_grads = nan_from_step_13
+    with pytest.raises(TrainingDiverged, match="the loss is nan at step 13; no checkpoint was saved yet"):
+        trainer.run()
+    assert trainer.step == 2 * READ_EVERY  # (found at the reading after it)
 
 
 TORCHRUN = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")

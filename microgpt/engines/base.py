@@ -12,7 +12,10 @@ an engine what it has. What it offers:
   training      loss_and_grads(batch, dropout=None) -> the mean loss over every predicted token of a batch of
                     token lists (each cut to block_size + 1 tokens), filling the gradients; dropout: the step's
                     microgpt/dropout.Dropout, or None (the scalar engine has none); clip_grads(max_norm) -> the
-                    gradient's global norm before clipping; adam_step(step, lr_t, beta1, beta2, eps, weight_decay)
+                    gradient's global norm before clipping; adam_step(step, lr_t, beta1, beta2, eps, weight_decay);
+                    lazy_results, False unless the caller sets it (train does): an engine that computes on a GPU
+                    then returns that loss and that norm as 0-d tensors on the device, which float() reads, waiting
+                    for the GPU only then, so that the host queues the next step while the GPU computes this one
   evaluation    loss(batch) -> the same mean loss, no gradients (never with dropout, nor is anything below)
   sampling      new_cache(); forward(tokens, cache) -> the logits (T, V), lists of floats, after the cached tokens
                     (each engine's kv_cache() and forward_cached(); this file runs the whole context again instead
@@ -95,6 +98,7 @@ class Engine:
     dtypes = ("float64",)  # what it can compute in, float64 first
     eval_batch = 64  # held-out sequences per loss() in an evaluation, which a signal can cut short between them
     rank, world = 0, 1  # this process among the processes of a torchrun launch
+    lazy_results = False  # whether loss_and_grads and clip_grads may return their numbers unread (a GPU's)
 
     def __init__(self, cfg, dtype="float64", ablations=()):
         self.cfg, self.dtype_name, self.ablations = cfg, dtype, tuple(ablations)

@@ -13,7 +13,6 @@ DistributedDataParallel, and the loss is scaled so that DDP's averaged gradient 
 
 Shapes: B = sequences, T = tokens per sequence, C = n_embd, H = n_head, D = C // H, V = vocab_size, P = parameters.
 """
-import math
 import os
 from functools import partial
 from typing import NamedTuple
@@ -250,12 +249,21 @@ class Engine(Base):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast)
 
     def _tensors(self, batch):
-        """Inputs and targets (B, T) of a batch, padded (to the block for --compile) with input 0 and target -1."""
-        padded = nn.utils.rnn.pad_sequence([torch.tensor(doc[:self.cfg.block_size + 1]) for doc in batch],
-                                           batch_first=True, padding_value=-1)  # (B, T + 1)
+        """Inputs and targets (B, T) of a batch on the device, padded (to the block for --compile) with input 0 and
+        target -1. A stream's windows, all of one length and machine integers (microgpt/datasets.py), become one
+        array in one copy; a GPU receives it from pinned memory without the host waiting for the copy."""
+        seqs = [doc[:self.cfg.block_size + 1] for doc in batch]
+        if len({len(seq) for seq in seqs}) == 1:
+            padded = torch.from_numpy(np.array(seqs, dtype=np.int64))  # (B, T + 1)
+        else:
+            padded = nn.utils.rnn.pad_sequence([torch.tensor(seq) for seq in seqs], batch_first=True,
+                                               padding_value=-1)
         if self.pad_to_block:
             padded = F.pad(padded, (0, self.cfg.block_size + 1 - padded.shape[1]), value=-1)
-        return padded[:, :-1].clamp(min=0).to(self.device), padded[:, 1:].to(self.device)
+        if self.device.type == "cuda":
+            padded = padded.pin_memory()
+        padded = padded.to(self.device, non_blocking=True)
+        return padded[:, :-1].clamp(min=0), padded[:, 1:]
 
     def _token_loss_sum(self, module, batch, dropout=None):
         inputs, targets = self._tensors(batch)
@@ -278,10 +286,18 @@ class Engine(Base):
         step_dropout = None if dropout is None else self._step_dropout(dropout, len(mine))
         loss_sum = self._token_loss_sum(self.forward_module, mine, step_dropout)
         (loss_sum * (self.world / count)).backward()
-        total = loss_sum.detach()
+        total = loss_sum.detach().double()
         if self.world > 1:
             torch.distributed.all_reduce(total)
-        return float(total) / count
+        return self._result(total / count)
+
+    def _result(self, number):
+        """A 0-d tensor's number as a float, or, with lazy_results on a GPU, the tensor itself: read later."""
+        return number if self._lazy else float(number)
+
+    @property
+    def _lazy(self):  # whether to leave results unread: on a GPU when asked (a CPU's are ready when computed)
+        return self.lazy_results and self.device.type != "cpu"
 
     def _step_dropout(self, dropout, count):
         """A training step's Dropout (microgpt/dropout.py) as GPT.forward takes it, for this process's `count`
@@ -297,7 +313,11 @@ class Engine(Base):
 
     @torch.no_grad()
     def clip_grads(self, max_norm):
-        norm = math.sqrt(sum(float((g.double() ** 2).sum()) for (g,) in self._chunks(self.g)))
+        norm = sum((g.double() ** 2).sum() for (g,) in self._chunks(self.g)).sqrt()  # 0-d, float64, on the device
+        if self._lazy:  # never read here: scaled by min(1, max_norm / norm),
+            self.g.mul_((max_norm / norm).clamp(max=1.0))  # which, at 1.0, leaves every gradient as it is
+            return norm
+        norm = float(norm)
         if norm > max_norm:
             self.g.mul_(max_norm / norm)
         return norm
