@@ -30,6 +30,7 @@ class Progress:
         self.elapsed = 0.0  # seconds spent in training steps so far
         self.window_steps = self.window_tokens = 0  # since the last kept line
         self.window_seconds = 0.0
+        self.kept = None  # (ms per step, tokens/s) of the last kept line: over the steps since the one before it
 
     def update(self, step, loss, tokens, seconds):
         """Report step `step` (1-based): its loss, the tokens it trained on, the seconds it took."""
@@ -54,5 +55,6 @@ class Progress:
             self.stream.write(line + "\n")
         self.stream.flush()
         if keep:
+            self.kept = (ms_per_step, tokens_per_s)
             self.window_steps = self.window_tokens = 0
             self.window_seconds = 0.0

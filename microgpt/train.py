@@ -189,10 +189,11 @@ class Trainer:
         self.unread.append(Unread(step, loss, tokens, seconds))
         if logged or evaluated or step % READ_EVERY == 0 or isinstance(loss, float):
             loss = self._read_losses(progress)
-        if logged:
+        if logged:  # (the time of the steps since the last logged one: a GPU's lands in the steps that read losses)
+            ms_per_step, tokens_per_s = progress.kept
             self.log({"step": step, "train_loss": loss, "train_loss_smooth": self.smoothed, "lr": lr,
-                      "grad_norm": None if grad_norm is None else float(grad_norm), "ms_per_step": 1000 * seconds,
-                      "tokens_per_s": tokens / seconds, "health": self._health(snapshot, first)})
+                      "grad_norm": None if grad_norm is None else float(grad_norm), "ms_per_step": ms_per_step,
+                      "tokens_per_s": tokens_per_s, "health": self._health(snapshot, first)})
         if evaluated:
             self.evaluate(final=step == tc.steps)
 
