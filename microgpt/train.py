@@ -158,7 +158,10 @@ class Trainer:
                     f"resume with: {launcher} -m microgpt train --resume {self.out_dir}\n")
 
     def _stopping(self):
-        """Whether to stop before the next step; under torchrun every rank must agree on the same step."""
+        """Whether to stop before the next step. Under torchrun every rank must agree on the same step, and asking
+        them is a reduction that waits for the GPUs: they settle it every READ_EVERY steps."""
+        if self.engine.world > 1 and self.step % READ_EVERY:
+            return False
         self.stop_requested = self.engine.should_stop(self.requests.received is not None)
         return self.stop_requested
 
@@ -174,9 +177,11 @@ class Trainer:
         batch = self.data.batch(self.step, tc.batch_size, self.cfg.block_size, tc.seed)
         first = batch[0][:self.cfg.block_size]  # (a document that health and a divergence look into)
         loss = self.engine.loss_and_grads(batch, Dropout(tc.dropout, tc.seed, self.step) if tc.dropout else None)
-        if isinstance(loss, float) and not loss < HOPELESS:  # read at once (a CPU's): stop before Adam spoils the
-            raise TrainingDiverged(step, loss, self.out_dir, self.last_saved_step,  # weights that made it
-                                   self.engine.first_non_finite(first))
+        if logged:  # read now: waiting for a GPU counts in the step's time, not in the health snapshot's below
+            loss = float(loss)
+        if isinstance(loss, float) and not loss < HOPELESS:  # read at once (a CPU's, a logged step's): stop before
+            raise TrainingDiverged(step, loss, self.out_dir, self.last_saved_step,  # Adam spoils the weights that
+                                   self.engine.first_non_finite(first))  # made it
         snapshot_started = time.perf_counter()
         snapshot = self.engine.health_snapshot() if logged else None  # (not counted in the step's time)
         snapshot_seconds = time.perf_counter() - snapshot_started
@@ -187,7 +192,7 @@ class Trainer:
         seconds = time.perf_counter() - started - snapshot_seconds
         tokens = engines.predicted_tokens(batch, self.cfg.block_size)
         self.unread.append(Unread(step, loss, tokens, seconds))
-        if logged or evaluated or step % READ_EVERY == 0 or isinstance(loss, float):
+        if evaluated or step % READ_EVERY == 0 or isinstance(loss, float):
             loss = self._read_losses(progress)
         if logged:  # (the time of the steps since the last logged one: a GPU's lands in the steps that read losses)
             ms_per_step, tokens_per_s = progress.kept

@@ -2,14 +2,14 @@
 
 Each `*_forward` / `*_backward` pair here computes what the pair of the same name in microgpt/engines/python.py
 computes, with the same parameters and the same conventions (a backward returns dx and adds into the dw it is
-given), with whole arrays instead of loops: lay the two files side by side. As there, a batch's documents lie end
-to end, a row per token, so that every operation but attention computes on tokens alone, never on padding (names
-are half as long as the longest of a batch of 64). Attention, which needs each document's tokens side by side,
-sees them padded into a grid (B, T) and takes every document at once; causal attention keeps real tokens from
-ever seeing the padding (and attention that is not, `--ablate causal-mask`, hides it), so it receives no
-gradient. All weights live in one flat array (and so do their gradients and Adam's moments): a matrix is a view
-into it, and Adam is a few whole-array operations. float64 by default, so the numbers agree with the atomic file
-to rounding (float32 on request: about twice as fast, and agrees to about 1e-6).
+given), with whole arrays instead of loops: lay the two files side by side. As there, a batch's documents lie end to
+end, a row per token, so that every operation but attention computes on tokens alone, never on padding (a batch of
+64 names padded to its longest is over a third padding). Attention, which needs each document's tokens side by side,
+sees them padded into a grid (B, T) and takes every document at once; causal attention keeps real tokens from ever
+seeing the padding (and attention that is not, `--ablate causal-mask`, hides it), so it receives no gradient. All
+weights live in one flat array (and so do their gradients and Adam's moments): a matrix is a view into it, and Adam
+is a few whole-array operations. float64 by default, so the numbers agree with the atomic file to rounding (float32
+on request: about twice as fast, and agrees to about 1e-6).
 
 Shapes: N = tokens of a batch (its documents end to end), B = documents, T = tokens of the longest (the grid
 attention pads them into), C = n_embd, H = n_head, D = head_dim = C // H, V = vocab_size, P = parameters.
