@@ -43,13 +43,11 @@ def embedding_backward(dx, tokens, positions, dwte, dwpe):  # dx (N, C): each ro
 
 
 def add_rows(dw, index, dx):
-    """dw[index[n]] += dx[n] for every row n, the rows of a repeated index summed (a token that occurs twice gets
-    both gradients): sorted by index, each run of equal ones summed at once (np.add.at does the same row by row,
-    ten times as slowly)."""
-    order = np.argsort(index, kind="stable")
-    index = index[order]
-    starts = np.flatnonzero(np.r_[True, index[1:] != index[:-1]])  # where each index's run begins
-    dw[index[starts]] += np.add.reduceat(dx[order], starts, axis=0)
+    """dw[index[n]] += dx[n] for every row n in order, each row of a repeated index added (a token that occurs twice
+    gets both gradients). np.add.at on rows is slow (0.4 ms for a batch of names); on the flat arrays, element by
+    element, it is four times as fast. (dw is contiguous, a view of the flat gradients: reshape is a view too.)"""
+    C = dw.shape[1]
+    np.add.at(dw.reshape(-1), (index[:, None] * C + np.arange(C)).reshape(-1), dx.reshape(-1))
 
 
 def rms_scale(x):  # (N, C) -> (N, 1): (mean(x^2) + 1e-5)^-1/2, the reference's arithmetic
@@ -194,13 +192,13 @@ class Rows(NamedTuple):
     @classmethod
     def of(cls, seqs, start=0):
         """The rows of documents (token lists), the first at position `start`."""
-        lengths = np.array([len(seq) for seq in seqs])
-        B, T, N = len(seqs), int(lengths.max()), int(lengths.sum())
+        lengths = [len(seq) for seq in seqs]
+        B, T, N = len(seqs), max(lengths), sum(lengths)
         tokens = np.fromiter(chain.from_iterable(seqs), np.int64, N)
-        documents = np.repeat(np.arange(B, dtype=np.uint32), lengths)
-        positions = np.arange(N) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # (counted within each document)
-        cells = None if N == B * T else documents * T + positions
-        return cls(tokens, positions + start, documents, (B, T), cells)
+        positions = np.fromiter(chain.from_iterable(range(start, start + n) for n in lengths), np.int64, N)
+        documents = np.arange(B, dtype=np.uint32).repeat(lengths)
+        cells = None if N == B * T else documents * T + positions  # (several documents: start is 0)
+        return cls(tokens, positions, documents, (B, T), cells)
 
     def to_grid(self, x):  # (N, n) -> (B, T, n), zeros on the padding
         if self.cells is None:
