@@ -42,7 +42,7 @@ def figures(run_dir, targets):
     never = "not reached" if log.elapsed is not None else "- (the run kept no time)"
     lines += [f"time to held-out {target}: {seconds(log.time_to(target), never)}" for target in targets]
     lines += [f"best held-out loss: {meta['best_held_out']:.4f}",
-              f"tokens/s: {f'{tokens_per_s:,.0f}' if tokens_per_s else '-'} (median of the windows between logged steps)",
+              f"tokens/s: {f'{tokens_per_s:,.0f}' if tokens_per_s else '-'} (median over the logged windows)",
               f"MFU: {f'{share:.1%}' if share is not None else '-'}" + (f" ({device})" if device else "")]
     return lines
 

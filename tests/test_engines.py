@@ -159,8 +159,8 @@ def test_python_and_array_engines_lay_side_by_side_function_for_function(name):
         assert sorted(n for n in vars(module) if n.endswith(("_forward", "_backward"))) == pairs
     shared = [*pairs, "rms_scale", "adam_update", "softmax"] if name == "numpy" else ["adam_update", "softmax"]
     # where they differ, and why: numpy's attention pads a batch's documents to one length, which attention that is
-    # not causal must hide (`padding`); its backward reads the mask from the weights (0 where hidden), where python's loops
-    # must know how many keys each query saw (`causal`)
+    # not causal must hide (`padding`); its backward reads the mask from the weights (0 where hidden), where
+    # python's loops must know how many keys each query saw (`causal`)
     differs = {"attention_forward": ({"padding"}, set()), "attention_backward": (set(), {"causal"})}
     for function in shared:
         extra, missing = differs.get(function, (set(), set())) if name == "numpy" else (set(), set())
