@@ -286,14 +286,10 @@ class Engine(Base):
         step_dropout = None if dropout is None else self._step_dropout(dropout, len(mine))
         loss_sum = self._token_loss_sum(self.forward_module, mine, step_dropout)
         (loss_sum * (self.world / count)).backward()
-        total = loss_sum.detach().double()
+        total = loss_sum.detach()
         if self.world > 1:
             torch.distributed.all_reduce(total)
-        return self._result(total / count)
-
-    def _result(self, number):
-        """A 0-d tensor's number as a float, or, with lazy_results on a GPU, the tensor itself: read later."""
-        return number if self._lazy else float(number)
+        return total / count if self._lazy else float(total) / count  # (unread: a 0-d tensor on the GPU)
 
     @property
     def _lazy(self):  # whether to leave results unread: on a GPU when asked (a CPU's are ready when computed)
