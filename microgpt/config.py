@@ -72,7 +72,7 @@ PRESETS = {
         "train": TrainConfig(),
         "eval_every": 100,
     },
-    "names": {  # held-out loss under 1.90 in about 10 minutes on a 2-core CPU (README)
+    "names": {  # held-out loss 1.9031 in 9 min 19 s on a 2-core CPU (README)
         "data": "names",
         "model": dict(n_layer=6, n_embd=96, n_head=4, block_size=16),
         "train": TrainConfig(steps=16000, batch_size=64, lr=3e-3, schedule="cosine", warmup=200,

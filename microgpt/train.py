@@ -160,7 +160,8 @@ class Trainer:
     def _stopping(self):
         """Whether to stop before the next step. Under torchrun every rank must agree on the same step, and asking
         them is a reduction that waits for the GPUs: they settle it every READ_EVERY steps."""
-        if self.engine.world > 1 and self.step % READ_EVERY:
+        between = self.step % READ_EVERY and self.step < self.settings.train.steps and not self.evaluation_due
+        if self.engine.world > 1 and between:  # (every rank has the same step and the same cut-short evaluation)
             return False
         self.stop_requested = self.engine.should_stop(self.requests.received is not None)
         return self.stop_requested
@@ -177,7 +178,8 @@ class Trainer:
         batch = self.data.batch(self.step, tc.batch_size, self.cfg.block_size, tc.seed)
         first = batch[0][:self.cfg.block_size]  # (a document that health and a divergence look into)
         loss = self.engine.loss_and_grads(batch, Dropout(tc.dropout, tc.seed, self.step) if tc.dropout else None)
-        if logged:  # read now: waiting for a GPU counts in the step's time, not in the health snapshot's below
+        if logged:  # read now (the earlier steps' first, so that a divergence names its first step): waiting for a
+            self._read_losses(progress)  # GPU counts in the step's time, not in the health snapshot's below
             loss = float(loss)
         if isinstance(loss, float) and not loss < HOPELESS:  # read at once (a CPU's, a logged step's): stop before
             raise TrainingDiverged(step, loss, self.out_dir, self.last_saved_step,  # Adam spoils the weights that

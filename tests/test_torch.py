@@ -112,8 +112,9 @@ def lazy_on_the_cpu(monkeypatch):
     monkeypatch.setattr(torch_engine.Engine, "_lazy", property(lambda self: self.lazy_results))
 
 
-def test_results_left_unread_are_the_numbers_read_at_once(lazy_on_the_cpu):
-    read, unread = engine(), engine()
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_results_left_unread_are_the_numbers_read_at_once(lazy_on_the_cpu, dtype):
+    read, unread = engine(dtype=dtype), engine(dtype=dtype)
     unread.lazy_results = True
     for max_norm in (1e-3, 1e3):  # clipped, and not
         loss = unread.loss_and_grads(BATCH)
@@ -123,13 +124,13 @@ def test_results_left_unread_are_the_numbers_read_at_once(lazy_on_the_cpu):
         assert torch_engine.torch.equal(unread.g, read.g)
 
 
-def torch_run(out_dir):
-    """A Trainer of 25 steps on the CPU, which reads its losses at the last step alone of those it logs."""
+def torch_run(out_dir, log_every=1000):
+    """A Trainer of 25 steps on the CPU, logging every `log_every` steps (and at the last)."""
     words = out_dir.parent / "words.txt"
     words.write_text("\n".join(["anna", "bob", "clara", "dave", "eve", "frank", "gina", "hal", "ivy", "jo"]))
     settings = small_settings(words, steps=25, grad_clip=0.5)
     settings = RunSettings(**{**settings.__dict__, "engine": "torch", "engine_options": {"device": "cpu"},
-                              "log_every": 1000, "eval_every": 1000})
+                              "log_every": log_every, "eval_every": 1000})
     return Trainer(settings, str(out_dir), stream=io.StringIO())
 
 
@@ -141,13 +142,16 @@ def test_a_run_that_reads_its_losses_every_few_steps_is_the_same_run(tmp_path, m
     read = lazy._read_losses
     lazy._read_losses = lambda progress: readings.append(len(lazy.unread)) or read(progress)
     lazy.run()
-    assert readings == [READ_EVERY, READ_EVERY, 25 - 2 * READ_EVERY]  # (the last step is logged: read then)
+    assert readings == [READ_EVERY, READ_EVERY, 4, 1]  # (the 25th is logged: the 4 before it are read, then it)
     assert (lazy.smoothed, lazy.best) == (at_once.smoothed, at_once.best)
     assert list(lazy.engine.weights()) == list(at_once.engine.weights())
 
 
-def test_a_loss_that_stops_being_finite_between_readings_stops_the_run_naming_its_step(tmp_path, lazy_on_the_cpu):
-    trainer = torch_run(tmp_path / "run")
+@pytest.mark.parametrize(("log_every", "stopped_after"), [(1000, 2 * READ_EVERY), (15, 14)],
+                         ids=["at a reading", "at a logged step"])  # (a logged step reads the steps before it first)
+def test_a_loss_that_stops_being_finite_between_readings_stops_the_run_naming_its_step(tmp_path, lazy_on_the_cpu,
+                                                                                        log_every, stopped_after):
+    trainer = torch_run(tmp_path / "run", log_every)
     real, calls = trainer.engine.loss_and_grads, []
 
     def nan_from_step_13(batch, dropout=None):
@@ -156,7 +160,7 @@ def test_a_loss_that_stops_being_finite_between_readings_stops_the_run_naming_it
     trainer.engine.loss_and_grads = nan_from_step_13
     with pytest.raises(TrainingDiverged, match="the loss is nan at step 13; no checkpoint was saved yet"):
         trainer.run()
-    assert trainer.step == 2 * READ_EVERY  # (found at the reading after it)
+    assert trainer.step == stopped_after
 
 
 TORCHRUN = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")

@@ -13,7 +13,7 @@ from test_engines import FAST
 
 from microgpt import checkpoint
 from microgpt.config import RunSettings, TrainConfig
-from microgpt.train import Trainer
+from microgpt.train import READ_EVERY, Trainer
 
 
 def small_settings(data, steps=12, **train):
@@ -48,6 +48,18 @@ def run_steps(settings, out_dir, stop_after=None, resume=None):
     trainer.train_step = step_then_maybe_stop
     trainer.run()
     return trainer
+
+
+def test_processes_settle_a_stop_every_few_steps_and_after_an_evaluation_cut_short(words, tmp_path):
+    # under torchrun asking every rank is a wait for every GPU: between readings they go on, unless a signal cut an
+    # evaluation short (the state must be saved then) or the run is at its end
+    trainer = Trainer(small_settings(words, steps=25), str(tmp_path), stream=io.StringIO())
+    trainer.engine.world = 2  # (as under torchrun: the engine's should_stop is then every rank's question)
+    trainer.requests.note(signal.SIGINT, None)
+    for step, evaluation_due, stops in ((5, False, False), (READ_EVERY, False, True), (5, True, True),
+                                        (25, False, True)):
+        trainer.step, trainer.evaluation_due = step, evaluation_due
+        assert trainer._stopping() == stops, (step, evaluation_due)
 
 
 @pytest.mark.parametrize("data", ["words", "prose"])

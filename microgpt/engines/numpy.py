@@ -197,7 +197,7 @@ class Rows(NamedTuple):
         tokens = np.fromiter(chain.from_iterable(seqs), np.int64, N)
         positions = np.fromiter(chain.from_iterable(range(start, start + n) for n in lengths), np.int64, N)
         documents = np.arange(B, dtype=np.uint32).repeat(lengths)
-        cells = None if N == B * T else documents * T + positions  # (several documents: start is 0)
+        cells = None if N == B * T else documents * T + positions - start
         return cls(tokens, positions, documents, (B, T), cells)
 
     def to_grid(self, x):  # (N, n) -> (B, T, n), zeros on the padding

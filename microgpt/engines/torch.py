@@ -289,11 +289,11 @@ class Engine(Base):
         total = loss_sum.detach()
         if self.world > 1:
             torch.distributed.all_reduce(total)
-        return total / count if self._lazy else float(total) / count  # (unread: a 0-d tensor on the GPU)
+        return total.double() / count if self._lazy else float(total) / count  # (the same float64 division)
 
     @property
-    def _lazy(self):  # whether to leave results unread: on a GPU when asked (a CPU's are ready when computed)
-        return self.lazy_results and self.device.type != "cpu"
+    def _lazy(self):  # whether to leave results unread: on CUDA when asked (a CPU's are ready when computed; MPS
+        return self.lazy_results and self.device.type == "cuda"  # has no float64 to compute the loss's mean in)
 
     def _step_dropout(self, dropout, count):
         """A training step's Dropout (microgpt/dropout.py) as GPT.forward takes it, for this process's `count`
