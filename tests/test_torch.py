@@ -107,9 +107,13 @@ def test_the_traced_forward_pass_is_the_models(attention):
 # -- the GPU loop, on the CPU: results left unread as on a GPU (which a CPU skips: its results are ready at once) ----
 
 
+def make_lazy_on_the_cpu(monkeypatch):
+    monkeypatch.setattr(torch_engine.Engine, "_lazy", property(lambda self: self.lazy_results))
+
+
 @pytest.fixture
 def lazy_on_the_cpu(monkeypatch):
-    monkeypatch.setattr(torch_engine.Engine, "_lazy", property(lambda self: self.lazy_results))
+    make_lazy_on_the_cpu(monkeypatch)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -137,7 +141,7 @@ def torch_run(out_dir, log_every=1000):
 def test_a_run_that_reads_its_losses_every_few_steps_is_the_same_run(tmp_path, monkeypatch):
     at_once = torch_run(tmp_path / "at_once")
     at_once.run()
-    monkeypatch.setattr(torch_engine.Engine, "_lazy", property(lambda self: self.lazy_results))
+    make_lazy_on_the_cpu(monkeypatch)
     lazy, readings = torch_run(tmp_path / "lazy"), []
     read = lazy._read_losses
     lazy._read_losses = lambda progress: readings.append(len(lazy.unread)) or read(progress)
