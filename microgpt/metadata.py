@@ -97,31 +97,37 @@ SCHEMA = {
     "evaluation_due": FLAG, "elapsed": optional(number()),  # seconds the run has taken (None: not kept, version < 3)
 }
 
-def from_version_2(meta):  # version 2 had no ablations and kept no time
-    if isinstance(meta.get("settings"), dict):  # (else the schema's check says what is wrong)
-        meta["settings"]["ablate"] = []
-    meta.update(version=3, elapsed=None)
-
-
-def from_version_3(meta):  # version 3 had no dropout
-    if isinstance(meta.get("settings"), dict) and isinstance(meta["settings"].get("train"), dict):
-        meta["settings"]["train"]["dropout"] = 0.0
-    meta.update(version=4)
-
-
-UPGRADES = {  # format version -> what turns its metadata into the next version's
-    1: lambda meta: meta.update(version=2, evaluation_due=False),  # version 1 never cut an evaluation short
-    2: from_version_2,
-    3: from_version_3,
+NEW_FIELDS = {  # format version -> the fields it introduced, each with the value a file of an earlier version implies
+    2: {"evaluation_due": False},  # version 1 never cut an evaluation short
+    3: {"settings.ablate": [], "elapsed": None},  # version 2 had no ablations and kept no time
+    4: {"settings.train.dropout": 0.0},  # version 3 had no dropout
 }
+
+
+def upgrade(meta, version):
+    """Brings the metadata of a file of format `version - 1` up to `version`: its new fields, with the values they
+    imply. One of them found there already is a damage (no version wrote it there), refused, never overwritten."""
+    for name, value in NEW_FIELDS[version].items():
+        *parents, field = name.split(".")
+        holder = meta
+        for parent in parents:
+            holder = holder.get(parent) if isinstance(holder, dict) else None
+        if isinstance(holder, dict):  # (else the schema's check says what is wrong)
+            if field in holder:
+                return f"it holds {name}, which format version {version - 1} did not have"
+            holder[field] = value
+    meta["version"] = version
+    return None
 
 
 def validate(tensors, meta, path):
     """The model's GPTConfig, once the checkpoint at `path` ({name: (shape, values)}, {key: value}) is known to hold
     exactly what train writes; else a one-line error that names the first field or tensor that is wrong. A checkpoint
     of an older format version is brought up to this one first, in `meta`."""
-    for version in range(meta["version"], VERSION):  # (checkpoint.load made it a whole number >= 1)
-        UPGRADES[version](meta)
+    for version in range(meta["version"] + 1, VERSION + 1):  # (checkpoint.load made it a whole number >= 1)
+        problem = upgrade(meta, version)
+        if problem:
+            raise bad(path, problem)
     check(meta, SCHEMA, path, "")
     check(meta["tokenizer"], TOKENIZERS[meta["tokenizer"]["type"]], path, "tokenizer.")
     cfg = atomic.GPTConfig(vocab_size=meta["vocab_size"], **meta["settings"]["model"])

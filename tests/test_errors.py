@@ -170,6 +170,26 @@ def test_tokenize_save_to_nowhere(run):
                           "cannot write /no/such/dir/t.txt")
 
 
+def as_older(version, keep=None):
+    """A header rewrite that makes a checkpoint one of format `version`: without the fields later versions introduced,
+    but `keep` (a field's dotted name) if given."""
+    def rewrite(header):
+        meta = header["__metadata__"]
+        settings = json.loads(meta["settings"])
+        introduced = {"settings.train.dropout": (settings["train"], "dropout")}  # name -> (holder, key)
+        if version < 3:
+            introduced.update({"elapsed": (meta, "elapsed"), "settings.ablate": (settings, "ablate")})
+        if version == 1:
+            introduced["evaluation_due"] = (meta, "evaluation_due")
+        for name, (holder, key) in introduced.items():
+            if name != keep:
+                del holder[key]
+        settings["train"]["steps"] = 210  # (so that a resume has steps to take, and saves)
+        meta["settings"] = json.dumps(settings)
+        meta["version"] = str(version)
+    return rewrite
+
+
 @pytest.mark.parametrize("version", [1, 2, 3])
 def test_an_older_checkpoint_is_still_read(run, tmp_path, version):
     """Format version 1 had no evaluation_due (it never cut an evaluation short): read as false, not refused; versions
@@ -177,19 +197,7 @@ def test_an_older_checkpoint_is_still_read(run, tmp_path, version):
     as 0)."""
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
-
-    def to_older(header):
-        meta = header["__metadata__"]
-        settings = json.loads(meta["settings"])
-        del settings["train"]["dropout"]
-        if version < 3:
-            del meta["elapsed"], settings["ablate"]
-        settings["train"]["steps"] = 210  # (so that a resume has steps to take, and saves)
-        meta["settings"] = json.dumps(settings)
-        if version == 1:
-            del meta["evaluation_due"]
-        meta["version"] = str(version)
-    rewrite_header(copy / "checkpoint.safetensors", to_older)
+    rewrite_header(copy / "checkpoint.safetensors", as_older(version))
     result = microgpt("sample", "--from", "run/checkpoint.safetensors", "--num-samples", 2, cwd=tmp_path)
     assert result.returncode == 0 and result.stdout.startswith("run/checkpoint.safetensors: step 200"), result.stderr
     resumed = microgpt("train", "--resume", "run", "--num-samples", 0, cwd=tmp_path)
@@ -200,6 +208,17 @@ def test_an_older_checkpoint_is_still_read(run, tmp_path, version):
     rewrite_header(copy / "checkpoint.safetensors", lambda header: header["__metadata__"].pop("evaluation_due"))
     assert_one_line_error(microgpt("sample", "--from", copy / "checkpoint.safetensors", cwd=tmp_path),
                           "evaluation_due is missing")  # a version 4 file needs it
+
+
+@pytest.mark.parametrize("version, field", [(1, "evaluation_due"), (2, "elapsed"), (2, "settings.ablate"),
+                                            (3, "settings.train.dropout")])
+def test_an_older_checkpoint_with_a_field_of_a_later_version_is_refused(run, tmp_path, version, field):
+    """No version wrote such a file: the field is not overwritten with the value its version implies, but named."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    rewrite_header(copy / "checkpoint.safetensors", as_older(version, keep=field))
+    assert_one_line_error(microgpt("sample", "--from", "run/checkpoint.safetensors", cwd=tmp_path),
+                          f"it holds {field}, which format version {version} did not have")
 
 
 def test_resume_of_a_run_that_read_a_byte_order_mark_as_a_character(tmp_path):
