@@ -106,7 +106,8 @@ NEW_FIELDS = {  # format version -> the fields it introduced, each with the valu
 
 def upgrade(meta, version):
     """Brings the metadata of a file of format `version - 1` up to `version`: its new fields, with the values they
-    imply. One of them found there already is a damage (no version wrote it there), refused, never overwritten."""
+    imply. Returns the name of one already there (no version wrote it there: the file is damaged, and the field is
+    refused, never overwritten), else None."""
     for name, value in NEW_FIELDS[version].items():
         *parents, field = name.split(".")
         holder = meta
@@ -114,7 +115,7 @@ def upgrade(meta, version):
             holder = holder.get(parent) if isinstance(holder, dict) else None
         if isinstance(holder, dict):  # (else the schema's check says what is wrong)
             if field in holder:
-                return f"it holds {name}, which format version {version - 1} did not have"
+                return name
             holder[field] = value
     meta["version"] = version
     return None
@@ -124,10 +125,11 @@ def validate(tensors, meta, path):
     """The model's GPTConfig, once the checkpoint at `path` ({name: (shape, values)}, {key: value}) is known to hold
     exactly what train writes; else a one-line error that names the first field or tensor that is wrong. A checkpoint
     of an older format version is brought up to this one first, in `meta`."""
-    for version in range(meta["version"] + 1, VERSION + 1):  # (checkpoint.load made it a whole number >= 1)
-        problem = upgrade(meta, version)
-        if problem:
-            raise bad(path, problem)
+    declared = meta["version"]  # (checkpoint.load made it a whole number >= 1)
+    for version in range(declared + 1, VERSION + 1):
+        stray = upgrade(meta, version)
+        if stray:
+            raise bad(path, f"it holds {stray}, which its format version {declared} did not have")
     check(meta, SCHEMA, path, "")
     check(meta["tokenizer"], TOKENIZERS[meta["tokenizer"]["type"]], path, "tokenizer.")
     cfg = atomic.GPTConfig(vocab_size=meta["vocab_size"], **meta["settings"]["model"])

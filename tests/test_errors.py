@@ -170,23 +170,26 @@ def test_tokenize_save_to_nowhere(run):
                           "cannot write /no/such/dir/t.txt")
 
 
+INTRODUCED = {2: ["evaluation_due"], 3: ["elapsed", "settings.ablate"], 4: ["settings.train.dropout"]}  # by version
+
+
 def as_older(version, keep=None):
     """A header rewrite that makes a checkpoint one of format `version`: without the fields later versions introduced,
-    but `keep` (a field's dotted name) if given."""
+    but `keep` (a field's dotted name, as the error names it) if given. (Its steps become 210, so that a resume has
+    steps to take, and saves.)"""
     def rewrite(header):
         meta = header["__metadata__"]
-        settings = json.loads(meta["settings"])
-        introduced = {"settings.train.dropout": (settings["train"], "dropout")}  # name -> (holder, key)
-        if version < 3:
-            introduced.update({"elapsed": (meta, "elapsed"), "settings.ablate": (settings, "ablate")})
-        if version == 1:
-            introduced["evaluation_due"] = (meta, "evaluation_due")
-        for name, (holder, key) in introduced.items():
-            if name != keep:
-                del holder[key]
-        settings["train"]["steps"] = 210  # (so that a resume has steps to take, and saves)
-        meta["settings"] = json.dumps(settings)
-        meta["version"] = str(version)
+        fields = {**meta, "settings": json.loads(meta["settings"])}  # (settings is JSON inside the header's JSON)
+        for later in range(version + 1, checkpoint.VERSION + 1):
+            for name in INTRODUCED[later]:
+                if name != keep:
+                    *parents, field = name.split(".")
+                    holder = fields
+                    for parent in parents:
+                        holder = holder[parent]
+                    del holder[field]
+        fields["settings"]["train"]["steps"] = 210
+        header["__metadata__"] = {**fields, "settings": json.dumps(fields["settings"]), "version": str(version)}
     return rewrite
 
 
@@ -211,14 +214,15 @@ def test_an_older_checkpoint_is_still_read(run, tmp_path, version):
 
 
 @pytest.mark.parametrize("version, field", [(1, "evaluation_due"), (2, "elapsed"), (2, "settings.ablate"),
-                                            (3, "settings.train.dropout")])
+                                            (3, "settings.train.dropout"), (1, "settings.ablate"),
+                                            (2, "settings.train.dropout")])
 def test_an_older_checkpoint_with_a_field_of_a_later_version_is_refused(run, tmp_path, version, field):
     """No version wrote such a file: the field is not overwritten with the value its version implies, but named."""
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     rewrite_header(copy / "checkpoint.safetensors", as_older(version, keep=field))
     assert_one_line_error(microgpt("sample", "--from", "run/checkpoint.safetensors", cwd=tmp_path),
-                          f"it holds {field}, which format version {version} did not have")
+                          f"it holds {field}, which its format version {version} did not have")
 
 
 def test_resume_of_a_run_that_read_a_byte_order_mark_as_a_character(tmp_path):
