@@ -6,6 +6,7 @@ filled in with a default: a checkpoint that lacks model.n_head is refused, not r
 A schema is a dict (a JSON object with exactly these keys, each checked by its own schema), or a leaf: a pair
 (test, what it should be), the second said in the error.
 """
+import copy
 import math
 import random
 import reprlib
@@ -116,7 +117,7 @@ def upgrade(meta, version):
         if isinstance(holder, dict):  # (else the schema's check says what is wrong)
             if field in holder:
                 return name
-            holder[field] = value
+            holder[field] = copy.deepcopy(value)  # (not the table's own list, which a reader could change)
     meta["version"] = version
     return None
 
