@@ -19,6 +19,7 @@ from microgpt import atomic, checkpoint
 from microgpt.config import RunSettings
 from microgpt.initialisation import reference_weights
 from microgpt.layout import segments
+from microgpt.progress import Progress
 from microgpt.train import READ_EVERY, Trainer, TrainingDiverged
 
 torch_engine = pytest.importorskip("microgpt.engines.torch", reason="the torch engine needs torch (CI installs it)")
@@ -49,6 +50,23 @@ def test_float32_agrees_with_float64():
     # would be off by far more.
     assert_close(loss_and_grads(dtype="float32"), loss_and_grads(), 1e-4)
 
+
+def test_float32_adam_is_torchs_fused_kernel_with_the_references_arithmetic(monkeypatch):
+    """float32 weights take torch's fused AdamW, float64 keeps adam_update (the reference's order of operations): the
+    same arithmetic, so from the same start they move weights and moments alike, to float32 rounding, step by step
+    (the bias corrections counted from the step given, the weight decay, a learning rate that changes)."""
+    fused, reference = engine(dtype="float32"), engine()
+    monkeypatch.setattr(torch_engine.Engine, "_fused", property(lambda self: False))
+    by_hand = engine(dtype="float32")
+    assert fused.fused_adam and not reference.fused_adam and not by_hand.fused_adam
+    for step in range(4):
+        for model in (fused, by_hand):
+            model.loss_and_grads(BATCH)
+            model.adam_step(step, lr_t=0.01 * (1 - step / 4), beta1=0.9, weight_decay=0.1)
+        for name in ("p", "m", "v"):
+            got, want = getattr(fused, name), getattr(by_hand, name)
+            assert (got - want).abs().max() <= 1e-5 * want.abs().max(), (step, name)
+    assert not torch_engine.torch.equal(fused.p, by_hand.p)  # (two kernels, not one twice)
 
 def test_fused_attention_kernel_computes_the_same_attention():
     # the same mathematics in another order of operations: float64 rounding only
@@ -128,12 +146,13 @@ def test_results_left_unread_are_the_numbers_read_at_once(lazy_on_the_cpu, dtype
         assert torch_engine.torch.equal(unread.g, read.g)
 
 
-def torch_run(out_dir, log_every=1000):
-    """A Trainer of 25 steps on the CPU, logging every `log_every` steps (and at the last)."""
+def torch_run(out_dir, log_every=1000, device="cpu", dtype="float64", attention=None, **train):
+    """A Trainer of 25 steps (on the CPU unless told), logging every `log_every` steps (and at the last)."""
     words = out_dir.parent / "words.txt"
     words.write_text("\n".join(["anna", "bob", "clara", "dave", "eve", "frank", "gina", "hal", "ivy", "jo"]))
-    settings = small_settings(words, steps=25, grad_clip=0.5)
-    settings = RunSettings(**{**settings.__dict__, "engine": "torch", "engine_options": {"device": "cpu"},
+    settings = small_settings(words, steps=25, grad_clip=0.5, **train)
+    settings = RunSettings(**{**settings.__dict__, "engine": "torch", "dtype": dtype,
+                              "engine_options": {"device": device, "attention": attention},
                               "log_every": log_every, "eval_every": 1000})
     return Trainer(settings, str(out_dir), stream=io.StringIO())
 
@@ -166,6 +185,23 @@ def test_a_loss_that_stops_being_finite_between_readings_stops_the_run_naming_it
         trainer.run()
     assert trainer.step == stopped_after
 
+
+@pytest.mark.skipif(not torch_engine.torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/gpu_check.sh)")
+@pytest.mark.parametrize("attention", ["manual", "sdpa"])
+def test_an_ordinary_step_on_a_gpu_never_waits_for_the_gpu(tmp_path, attention):
+    """Steps that neither read their losses, log nor evaluate only queue work: torch raises at any call that would
+    make the host wait for the GPU (a result read back, a blocking copy to it)."""
+    torch = torch_engine.torch
+    trainer = torch_run(tmp_path / "run", device="cuda", dtype="bfloat16", attention=attention, dropout=0.2)
+    progress = Progress(25, io.StringIO(), 1000)
+    trainer.train_step(progress)  # (the first step sets CUDA up: its libraries, the allocator's pools)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(READ_EVERY - 2):  # steps 2 to 9: the 10th reads the losses
+            trainer.train_step(progress)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert trainer.step == READ_EVERY - 1 and len(trainer.unread) == READ_EVERY - 1
 
 TORCHRUN = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
 COMMON = ["--engine", "torch", "--device", "cpu", "--batch-size", 4, "--log-every", 1, "--eval-every", 1000,
