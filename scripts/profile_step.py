@@ -205,7 +205,7 @@ def report(args):
         progress = Progress(trainer.settings.train.steps, io.StringIO(), trainer.settings.log_every)
         phases = Phases(trainer, cuda)
         print(f"engine {engine.name} ({engine.describe()}); batch {trainer.settings.train.batch_size}, model "
-              f"{trainer.settings.model}; {args.steps_untimed} steps untimed first")
+              f"{trainer.settings.model}; after {args.steps_untimed} untimed step{'s' * (args.steps_untimed > 1)}")
         timed_steps(trainer, progress, args.steps_untimed, synchronize)
         phases.reset()
         seconds = timed_steps(trainer, progress, args.steps_timed, synchronize)
