@@ -73,6 +73,17 @@ def test_fused_attention_kernel_computes_the_same_attention():
     assert_close(loss_and_grads(attention="sdpa"), loss_and_grads(), 1e-12)
 
 
+def test_the_fused_kernel_behind_a_key_value_cache_sees_every_key_before_each_query():
+    # a whole sequence takes the kernel's own causal flag, which aligns the mask to the first key; queries after a
+    # cache must see the cached keys as well, through the mask spelled out
+    fused, manual = engine(attention="sdpa"), engine()
+    tokens = [5, 0, 3, 3, 1, 2, 4]
+    cache = fused.new_cache()
+    one_by_one = [fused.forward([t], cache)[0] for t in tokens[:2]] + fused.forward(tokens[2:], cache)
+    want = manual.forward(tokens, manual.new_cache())
+    for rows in (one_by_one, fused.forward(tokens, fused.new_cache())):
+        assert max(abs(a - b) for got, row in zip(rows, want) for a, b in zip(got, row)) <= 1e-12
+
 @pytest.mark.parametrize("ablations", [("attn-scale",), ("causal-mask",), ("attn-scale", "causal-mask")],
                          ids="+".join)
 def test_fused_attention_kernel_computes_the_same_attention_without_its_scale_or_mask(ablations):

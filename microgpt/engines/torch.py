@@ -143,10 +143,13 @@ class GPT(nn.Module):
     def attend(self, q, k, v, padding=None, dropout=None, li=0):
         """(B, H, Tq, D) of attention: the fused kernel (whose dropout draws from torch's generator), or spelled out
         (whose dropout masks are every engine's)."""
-        visible = self.visible(q.shape[2], k.shape[2], padding, q.device)
-        if self.attention == "sdpa":
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, scale=self.attn_scale,
+        Tq, Tk = q.shape[2], k.shape[2]
+        if self.attention == "sdpa":  # a whole sequence's causal mask as the kernel's own flag, not as a tensor:
+            causal = self.has.causal_mask and Tq == Tk  # a GPU's flash-attention kernel takes no mask tensor
+            mask = None if causal else self.visible(Tq, Tk, padding, q.device)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=self.attn_scale,
                                                   dropout_p=0.0 if dropout is None else dropout.p)
+        visible = self.visible(Tq, Tk, padding, q.device)
         weights = softmax(attention_scores(q, k, self.attn_scale, visible))  # (B, H, Tq, Tk)
         if dropout is not None:  # (H, Tq, Tk) of each document, with strides of the block
             S = self.cfg.block_size
