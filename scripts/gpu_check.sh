@@ -10,8 +10,9 @@
 # The times are estimates from one H100 (sections 1-3) and from nanoGPT's own figures; 4 to 6 have not run on a GPU
 # yet. A machine lent for 15 minutes fits two calls: SECTIONS="1 4 5", then SECTIONS="6 2 3".
 # Usage: [SECTIONS="1 4 5"] [NANOGPT=path/to/nanoGPT] scripts/gpu_check.sh [OUT_DIR]   (default: every section;
-#        logs land in OUT_DIR, default gpu_check/). A checkout of nanoGPT to carry to a GPU machine:
-#        mkdir .nanogpt && git -C NANOGPT_GIT_DIR archive HEAD | tar -x -C .nanogpt (ignored through .git/info/exclude)
+#        logs land in OUT_DIR, default gpu_check/: one .txt per section, at most 8, beside the runs' directories).
+#        A checkout of nanoGPT to carry to a GPU machine, ignored through .git/info/exclude:
+#        mkdir .nanogpt && git -C NANOGPT_GIT_DIR archive HEAD | tar -x -C .nanogpt
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p "${1:-gpu_check}"
