@@ -21,6 +21,11 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=.
 py=python3
 sections=" ${SECTIONS:-1 2 3 4 5 6} "
 section() { [[ "$sections" == *" $1 "* ]] && echo "== $1. $2"; }  # true, and says so, where asked for
+clock() { $py -c "import time; print(time.time())"; }
+since() { $py -c "import time; print(f'$1 wall time: {time.time() - $2:.1f} s')"; }  # NAME START
+stamp() {  # each line of stdin after the seconds since $1
+    $py -u -c "import sys, time; [print(f'{time.time() - $1:7.1f}s {line}', end='') for line in sys.stdin]"
+}
 nvidia-smi -L | tee "$out/gpu.txt"
 $py -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__)" | tee -a "$out/gpu.txt"
 
@@ -50,17 +55,29 @@ fi
 
 if section 4 "nanoGPT's shakespeare_char recipe through microgpt: --preset shakespeare-gpu (dropout 0.2, 5,000 steps)"
 then
+    start=$(clock)
     $py -m microgpt train --preset shakespeare-gpu --engine torch --attention sdpa --compile --log-every 100 \
         --num-samples 1 --out "$out/recipe" 2>&1 | tee "$out/recipe.txt" | grep -E "held-out|error|Error"
-    $py scripts/run_figures.py "$out/recipe" 1.50 1.47 | tee "$out/recipe_figures.txt"
+    since microgpt "$start" | tee "$out/recipe_figures.txt"  # (the process's; the log's times start after imports)
+    $py scripts/run_figures.py "$out/recipe" 1.50 1.47 | tee -a "$out/recipe_figures.txt"
 fi
 
 if [ -n "${NANOGPT:-}" ] && section 5 "nanoGPT itself, its config/train_shakespeare_char.py, on our copy of the data"
 then
     cp microgpt/data/tinyshakespeare.txt "$NANOGPT/data/shakespeare_char/input.txt"
-    (cd "$NANOGPT" && $py data/shakespeare_char/prepare.py > /dev/null && start=$($py -c "import time; print(time.time())") \
-        && $py train.py config/train_shakespeare_char.py 2>&1 | tee "$out/nanogpt_recipe.txt" | grep -E "^step" \
-        && $py -c "import time; print(f'nanoGPT wall time: {time.time() - $start:.1f} s')")
+    (cd "$NANOGPT" && $py data/shakespeare_char/prepare.py > /dev/null && start=$(clock) \
+        && $py train.py config/train_shakespeare_char.py 2>&1 | stamp "$start" | tee "$out/nanogpt_recipe.txt" \
+        | grep -E "^ *[0-9.]+s step" && since nanoGPT "$start")
+    $py - "$out/nanogpt_recipe.txt" 1.50 1.47 <<'EOF'
+import re, sys  # nanoGPT's figures as run_figures.py prints ours, from its evaluations stamped with their time
+evaluations = [(float(seconds), int(step), float(loss)) for seconds, step, loss in re.findall(
+    r"^ *([\d.]+)s step (\d+): train loss [\d.]+, val loss ([\d.]+)", open(sys.argv[1]).read(), re.M)]
+for target in sys.argv[2:]:
+    reached = [(seconds, step) for seconds, step, loss in evaluations if loss <= float(target)]
+    print(f"nanoGPT held-out {target}: " + ("at step {1}, after {0:.1f} s".format(*reached[0]) if reached
+                                             else "not reached"))
+print(f"nanoGPT best held-out loss: {min(loss for *_, loss in evaluations):.4f}" if evaluations else "no evaluations")
+EOF
 fi
 
 if section 6 "where the time of the preset's step goes: compiled, then not (scripts/profile_step.py)"; then
