@@ -4,14 +4,15 @@
 Only ordinary steps are measured, neither logged nor evaluated (scripts/overheads.py measures those), after warm-up
 steps that compile and fill the caches; READ_EVERY steps apart, one of them reads the losses (a GPU's wait).
 It prints:
-  steps       the wall time per step, timed without the profiler; on a GPU also how busy it kept the GPU (the
-              kernels' time over the wall time) and the share of its kernels that were short (under 10 microseconds),
-              where a step waits on launches rather than arithmetic
-  phases      a step's parts, as the trainer calls them: host time, and on a GPU the GPU's time from the part's
-              first kernel to its last
+  steps       the wall time per step, timed without the profiler (the phases' timers only); on a GPU also how busy
+              it kept the GPU (the kernels' time over the wall time) and the share of the kernels' time spent in
+              short ones (under 10 microseconds), where a step waits on launches rather than arithmetic
+  phases      a step's parts, as the trainer calls them: host time, and on a GPU the time between CUDA events
+              recorded on the GPU's stream at the part's start and end (a GPU that waits for the host in between
+              counts the wait)
   own time    the operations (torch engine on a CPU: ATen operations; on a GPU: its kernels; numpy and python
               engines: Python functions) with the most time of their own, per step
-  on CUDA     kernel launches and host-device synchronisations per step
+  on CUDA     kernel launches and host-device synchronisations per step (besides the script's own, at the end)
 Usage: python scripts/profile_step.py [TRAIN OPTIONS] [--steps-untimed N] [--steps-timed N] [--steps-profiled N]
                                       [--trace FILE]   (a Chrome/Perfetto trace of the profiled steps; torch engine)
 e.g.   python scripts/profile_step.py --preset shakespeare-gpu --engine torch --attention sdpa --compile
@@ -53,7 +54,7 @@ ROWS = 12
 
 
 class Phases:
-    """Wraps the trainer's methods of PHASES so that each call is timed on the host and, on a GPU, between CUDA
+    """Wraps the trainer's methods of PHASES so that each call is timed on the host and, on CUDA, between CUDA
     events recorded around it (read once the steps are done: recording an event does not wait for the GPU)."""
 
     def __init__(self, trainer, cuda):
@@ -102,6 +103,9 @@ class Phases:
 
 def ordinary_trainer(args, steps, out_dir):
     """A Trainer of the run the train options describe, whose next `steps` steps are neither logged nor evaluated."""
+    if args.resume or args.out:
+        raise UserError(f"--{'resume' if args.resume else 'out'}: the profile trains a new run of its own in a "
+                        "temporary directory; drop it")
     settings = settings_from_args(args)
     far = settings.train.steps + steps + 1
     settings = replace(settings, log_every=far, eval_every=far, train=replace(settings.train, steps=far))
@@ -152,7 +156,7 @@ def torch_own_time(trainer, progress, steps, cuda, trace):
         calls = {a.key: a.count for a in averages}
         launches = sum(count for key, count in calls.items() if key.startswith(("cudaLaunchKernel", "cuLaunchKernel")))
         syncs = sum(calls.get(key, 0) for key in ("cudaStreamSynchronize", "cudaDeviceSynchronize",
-                                                  "cudaEventSynchronize"))
+                                                  "cudaEventSynchronize")) - 1  # (not the one above)
         lines += [f"  kernels: {kernel_seconds * 1e3:.3f} ms per step, {short / total:.1%} of it in kernels under "
                   f"{SHORT_KERNEL_US} us; {launches / steps:.1f} launches and {syncs / steps:.2f} host-device "
                   "synchronisations per step"]
@@ -166,10 +170,10 @@ def python_own_time(trainer, progress, steps):
     for _ in range(steps):
         trainer.train_step(progress)
     profiler.disable()
-    stats = pstats.Stats(profiler).stats  # {(file, line, name): (calls, primitive calls, own s, cumulative s, _)}
+    stats = pstats.Stats(profiler).stats  # {(file, line, name): (primitive calls, calls, own s, cumulative s, _)}
     total = sum(own for _, _, own, _, _ in stats.values())
     lines = [f"  {'ms/step':>8}{'share':>7}{'calls':>7}  function"]
-    for (file, line, name), (calls, _, own, _, _) in sorted(stats.items(), key=lambda item: -item[1][2])[:ROWS]:
+    for (file, line, name), (_, calls, own, _, _) in sorted(stats.items(), key=lambda item: -item[1][2])[:ROWS]:
         where = f"{os.path.basename(file)}:{line}({name})" if line else name
         lines.append(f"  {own * 1e3 / steps:>8.3f}{own / total:>7.1%}{calls / steps:>7.1f}  {where}")
     return lines
@@ -200,8 +204,9 @@ def report(args):
         if args.trace and engine.name != "torch":
             raise UserError(f"--trace records torch's operations, and the {engine.name} engine has none; add "
                             "--engine torch")
-        cuda = engine.name == "torch" and engine.device.type == "cuda"
-        synchronize = torch.cuda.synchronize if cuda else lambda: None
+        device = engine.device.type if engine.name == "torch" else "cpu"
+        cuda = device == "cuda"  # (a GPU's work is queued: the timings wait for it)
+        synchronize = getattr(torch, device).synchronize if device in ("cuda", "mps") else lambda: None
         progress = Progress(trainer.settings.train.steps, io.StringIO(), trainer.settings.log_every)
         phases = Phases(trainer, cuda)
         print(f"engine {engine.name} ({engine.describe()}); batch {trainer.settings.train.batch_size}, model "

@@ -60,8 +60,7 @@ def test_the_step_profile_times_each_phase_and_lists_the_costliest_operations(en
     phases = {m[1]: float(m[2]) for m in re.finditer(r"^  (\w[\w ]*?) +(-?[\d.]+)$", out, re.M)}
     assert list(phases) == ["batch", "loss and gradients", "gradient clipping", "Adam", "reading losses", "the rest"]
     assert max(phases, key=phases.get) == "loss and gradients"
-    assert phases["the rest"] >= 0 and sum(phases.values()) == pytest.approx(step_ms, abs=0.01)  # (no phase
-    # counted twice: they follow each other within the step)
+    assert 0 <= phases["the rest"] < step_ms  # (the phases follow each other within the step: none counted twice)
     own = re.findall(r"^ +([\d.]+) +([\d.]+)% +([\d.]+)  (.+)$", out.split("own time")[1], re.M)
     assert 3 <= len(own) <= 12
     assert sum(float(share) for _, share, _, _ in own) <= 100.05
@@ -70,8 +69,9 @@ def test_the_step_profile_times_each_phase_and_lists_the_costliest_operations(en
     assert "aten::mm" in names if engine == "torch" else any(name.startswith(f"{engine}.py:") for name in names)
 
 
-def test_the_step_profile_trace_needs_the_torch_engine(tmp_path):
-    result = run_python(ROOT / "scripts" / "profile_step.py", "--engine", "python", "--trace", "t.json",
-                        "--steps-untimed", 1, cwd=tmp_path)
-    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "add --engine torch" in result.stderr
-    assert not (tmp_path / "t.json").exists()
+@pytest.mark.parametrize(("options", "fix"), [(["--engine", "python", "--trace", "t.json"], "add --engine torch"),
+                                              (["--out", "run"], "drop it")], ids=["trace", "out"])
+def test_the_step_profile_refuses_options_it_cannot_honour_in_one_line(tmp_path, options, fix):
+    result = run_python(ROOT / "scripts" / "profile_step.py", *options, "--steps-untimed", 1, cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and fix in result.stderr
+    assert not (tmp_path / "t.json").exists() and not (tmp_path / "run").exists()

@@ -197,23 +197,13 @@ def adam_update(p, g, m, v, step, lr_t, beta1, beta2, eps, weight_decay):
     p.sub_(lr_t * (m / bias1) / ((v / bias2) ** 0.5 + eps))
 
 
-class FusedAdamW:
-    """AdamW as torch's fused kernel, one pass over the flat weights, gradients and moments (P,) where adam_update
-    makes a dozen: the same arithmetic, rounded in another order (10.7M float32 parameters on this 2-core CPU: 4 ms
-    against 28-35 ms). The optimizer keeps Adam's moments in the engine's own tensors, so that checkpoints and
-    resumes see them as before."""
-
-    def __init__(self, p, g, m, v):
-        self.weights = nn.Parameter(p)  # (P,) the same memory as p, which the model's parameters are views into
-        self.weights.grad = g
-        self.optimizer = torch.optim.AdamW([self.weights], fused=True)
-        step = torch.zeros((), dtype=torch.float32, device=p.device)  # (where and as what the fused kernel reads it)
-        self.optimizer.state[self.weights] = {"step": step, "exp_avg": m, "exp_avg_sq": v}
-
-    def step(self, step, lr_t, beta1, beta2, eps, weight_decay):
-        self.optimizer.param_groups[0].update(lr=lr_t, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay)
-        self.optimizer.state[self.weights]["step"].fill_(step)  # (counted to step + 1 first, as adam_update does)
-        self.optimizer.step()
+def fused_adamw_update(p, g, m, v, step, lr_t, beta1, beta2, eps, weight_decay):
+    """adam_update as one pass over the flat tensors (P,) where it makes a dozen: the kernel that
+    torch.optim.AdamW(fused=True) runs, called as that optimizer does (building one imports torch's compiler, over a
+    second). The same arithmetic, rounded in another order: tests/test_torch.py holds the two together."""
+    counted = torch.full((), step + 1, dtype=torch.float32, device=p.device)  # the steps taken, this one included
+    torch._fused_adamw_([p], [g], [m], [v], [], [counted], lr=lr_t, beta1=beta1, beta2=beta2,
+                        weight_decay=weight_decay, eps=eps, amsgrad=False, maximize=False)
 
 
 class Engine(Base):
@@ -242,8 +232,6 @@ class Engine(Base):
         grads = split(self.g, cfg)
         for name, param in self.model.named_parameters():  # autograd adds into these views of the gradients
             param.grad = grads[name][1].view(grads[name][0])
-        # float64 keeps the reference's order of operations; float32 weights (bfloat16's too) take the fused kernel
-        self.fused_adam = FusedAdamW(self.p, self.g, self.m, self.v) if self._fused else None
         self.pad_to_block = compile  # one shape for every batch, so torch.compile compiles once
         self.forward_module = torch.compile(self.model) if compile else self.model
         if distributed:
@@ -322,15 +310,17 @@ class Engine(Base):
         return total.double() / count if self._lazy else float(total) / count  # (the same float64 division)
 
     @property
-    def eval_batch(self):  # held-out sequences per loss(): a GPU's evaluation of 256 windows is one pass, one reading
-        return 4 * Base.eval_batch if self.device.type == "cuda" else Base.eval_batch
+    def eval_batch(self):  # held-out sequences per loss(): a GPU takes 4 times as many at once (an evaluation of 256
+        return 4 * Base.eval_batch if self.device.type == "cuda" else Base.eval_batch  # windows: one pass)
 
     @property
     def _lazy(self):  # whether to leave results unread: on CUDA when asked (a CPU's are ready when computed; MPS
         return self.lazy_results and self.device.type == "cuda"  # has no float64 to compute the loss's mean in)
 
     @property
-    def _fused(self):  # whether Adam is FusedAdamW: float32 weights on a device with the fused kernel
+    def _fused(self):
+        """Whether Adam is fused_adamw_update: for float32 weights (bfloat16's too) on a CPU or CUDA, where torch has
+        the kernel; float64 keeps adam_update, the reference's order of operations."""
         return self.dtype == torch.float32 and self.device.type in ("cpu", "cuda")
 
     def _step_dropout(self, dropout, count):
@@ -347,7 +337,7 @@ class Engine(Base):
 
     @torch.no_grad()
     def clip_grads(self, max_norm):
-        norm = torch.linalg.vector_norm(self.g, dtype=torch.float64)  # 0-d, on the device: one pass, no copies
+        norm = sum((g.double() ** 2).sum() for (g,) in self._chunks(self.g)).sqrt()  # 0-d, float64, on the device
         if self._lazy:  # never read here: scaled by min(1, max_norm / norm), which at 1.0 leaves them as they are
             self.g.mul_((torch.full_like(norm, max_norm) / norm).clamp(max=1.0))  # (a true division, as below;
             return norm  # max_norm / norm would multiply by the reciprocal, rounded twice)
@@ -358,12 +348,14 @@ class Engine(Base):
 
     @torch.no_grad()
     def adam_step(self, step, lr_t, beta1=0.85, beta2=0.99, eps=1e-8, weight_decay=0.0):
-        if self.fused_adam:
-            self.fused_adam.step(step, lr_t, beta1, beta2, eps, weight_decay)
+        if self._fused:  # (one pass with no temporaries: over whole tensors)
+            fused_adamw_update(self.p, self.g, self.m, self.v, step, lr_t, beta1, beta2, eps, weight_decay)
             return
-        chunks = {"size": len(self.p)} if self.device.type == "cuda" else {}  # (a GPU keeps its temporaries cached)
-        for p, g, m, v in in_chunks(self.p, self.g, self.m, self.v, **chunks):
+        for p, g, m, v in self._chunks(self.p, self.g, self.m, self.v):
             adam_update(p, g, m, v, step, lr_t, beta1, beta2, eps, weight_decay)
+
+    def _chunks(self, *flats):  # a GPU keeps its temporaries cached: there, whole tensors at once
+        return in_chunks(*flats, **({"size": len(self.p)} if self.device.type == "cuda" else {}))
 
     @torch.no_grad()
     def record(self, tokens):
