@@ -62,8 +62,10 @@ then
     $py scripts/run_figures.py "$out/recipe" 1.50 1.47 | tee -a "$out/recipe_figures.txt"
 fi
 
-if [ -n "${NANOGPT:-}" ] && section 5 "nanoGPT itself, its config/train_shakespeare_char.py, on our copy of the data"
+if section 5 "nanoGPT itself, its config/train_shakespeare_char.py, on our copy of the data" && [ -z "${NANOGPT:-}" ]
 then
+    echo "skipped: NANOGPT names no checkout of nanoGPT"
+elif [[ "$sections" == *" 5 "* ]]; then
     cp microgpt/data/tinyshakespeare.txt "$NANOGPT/data/shakespeare_char/input.txt"
     (cd "$NANOGPT" && $py data/shakespeare_char/prepare.py > /dev/null && start=$(clock) \
         && $py train.py config/train_shakespeare_char.py 2>&1 | stamp "$start" | tee "$out/nanogpt_recipe.txt" \
@@ -84,6 +86,6 @@ if section 6 "where the time of the preset's step goes: compiled, then not (scri
     for variant in "--compile" ""; do
         echo "-- --attention sdpa $variant"
         $py scripts/profile_step.py --preset shakespeare-gpu --engine torch --attention sdpa $variant 2>&1 \
-            | tee -a "$out/profile.txt" | grep -v "^USDT"
+            | tee -a "$out/profile.txt" | grep -v "^USDT"  # (the profiler's own log lines, on stderr)
     done
 fi
