@@ -110,10 +110,11 @@ def test_fused_attention_kernel_computes_the_same_attention_without_its_scale_or
     assert_close(loss_and_grads(attention="sdpa", ablations=ablations), loss_and_grads(ablations=ablations), 1e-12)
 
 
-def test_padding_to_the_block_changes_nothing():
+@pytest.mark.parametrize("attention", ["manual", "sdpa"])
+def test_padding_to_the_block_changes_nothing(attention):
     # what --compile does (one shape for every batch): the padding is masked out of the loss, and causal
     # attention keeps it from every real token, so the loss and every gradient are the same
-    padded = engine()
+    padded = engine(attention=attention)
     padded.pad_to_block = True
     assert_close((padded.loss_and_grads(BATCH), padded.gradients()), loss_and_grads(), 1e-13)
 
