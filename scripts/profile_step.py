@@ -1,16 +1,16 @@
 """Where the time of a training step goes, for any run `train` can start: the phases of a step, and the operations
-(on a GPU, the kernels) that take the most time of their own.
+(on CUDA, the kernels) that take the most time of their own.
 
 Only ordinary steps are measured, neither logged nor evaluated (scripts/overheads.py measures those), after warm-up
 steps that compile and fill the caches; READ_EVERY steps apart, one of them reads the losses (a GPU's wait).
 It prints:
-  steps       the wall time per step, timed without the profiler (the phases' timers only); on a GPU also how busy
+  steps       the wall time per step, timed without the profiler (the phases' timers only); on CUDA also how busy
               it kept the GPU (the kernels' time over the wall time) and the share of the kernels' time spent in
               short ones (under 10 microseconds), where a step waits on launches rather than arithmetic
-  phases      a step's parts, as the trainer calls them: host time, and on a GPU the time between CUDA events
+  phases      a step's parts, as the trainer calls them: host time, and on CUDA the time between CUDA events
               recorded on the GPU's stream at the part's start and end (a GPU that waits for the host in between
               counts the wait)
-  own time    the operations (torch engine on a CPU: ATen operations; on a GPU: its kernels; numpy and python
+  own time    the operations (torch engine: ATen operations, or on CUDA the GPU's kernels; numpy and python
               engines: Python functions) with the most time of their own, per step
   on CUDA     kernel launches and host-device synchronisations per step (besides the script's own, at the end)
 Usage: python scripts/profile_step.py [TRAIN OPTIONS] [--steps-untimed N] [--steps-timed N] [--steps-profiled N]
