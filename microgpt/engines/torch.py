@@ -310,8 +310,10 @@ class Engine(Base):
         return total.double() / count if self._lazy else float(total) / count  # (the same float64 division)
 
     @property
-    def eval_batch(self):  # held-out sequences per loss(): a GPU takes 4 times as many at once (an evaluation of 256
-        return 4 * Base.eval_batch if self.device.type == "cuda" else Base.eval_batch  # windows: one pass)
+    def eval_batch(self):
+        """Held-out sequences per loss(): on CUDA 4 times as many at once, so that an evaluation of 256 windows is
+        one pass and one reading."""
+        return 4 * Base.eval_batch if self.device.type == "cuda" else Base.eval_batch
 
     @property
     def _lazy(self):  # whether to leave results unread: on CUDA when asked (a CPU's are ready when computed; MPS
