@@ -62,15 +62,15 @@ then
     $py scripts/run_figures.py "$out/recipe" 1.50 1.47 | tee -a "$out/recipe_figures.txt"
 fi
 
-if section 5 "nanoGPT itself, its config/train_shakespeare_char.py, on our copy of the data" && [ -z "${NANOGPT:-}" ]
-then
-    echo "skipped: NANOGPT names no checkout of nanoGPT"
-elif [[ "$sections" == *" 5 "* ]]; then
-    cp microgpt/data/tinyshakespeare.txt "$NANOGPT/data/shakespeare_char/input.txt"
-    (cd "$NANOGPT" && $py data/shakespeare_char/prepare.py > /dev/null && start=$(clock) \
-        && $py train.py config/train_shakespeare_char.py 2>&1 | stamp "$start" | tee "$out/nanogpt_recipe.txt" \
-        | grep -E "^ *[0-9.]+s step" && since nanoGPT "$start")
-    $py - "$out/nanogpt_recipe.txt" 1.50 1.47 <<'EOF'
+if section 5 "nanoGPT itself, its config/train_shakespeare_char.py, on our copy of the data"; then
+    if [ -z "${NANOGPT:-}" ]; then
+        echo "skipped: NANOGPT names no checkout of nanoGPT"
+    else
+        cp microgpt/data/tinyshakespeare.txt "$NANOGPT/data/shakespeare_char/input.txt"
+        (cd "$NANOGPT" && $py data/shakespeare_char/prepare.py > /dev/null && start=$(clock) \
+            && $py train.py config/train_shakespeare_char.py 2>&1 | stamp "$start" | tee "$out/nanogpt_recipe.txt" \
+            | grep -E "^ *[0-9.]+s step" && since nanoGPT "$start")
+        $py - "$out/nanogpt_recipe.txt" 1.50 1.47 <<'EOF'
 import re, sys  # nanoGPT's figures as run_figures.py prints ours, from its evaluations stamped with their time
 evaluations = [(float(seconds), int(step), float(loss)) for seconds, step, loss in re.findall(
     r"^ *([\d.]+)s step (\d+): train loss [\d.]+, val loss ([\d.]+)", open(sys.argv[1]).read(), re.M)]
@@ -80,6 +80,7 @@ for target in sys.argv[2:]:
                                              else "not reached"))
 print(f"nanoGPT best held-out loss: {min(loss for *_, loss in evaluations):.4f}" if evaluations else "no evaluations")
 EOF
+    fi
 fi
 
 if section 6 "where the time of the preset's step goes: compiled, then not (scripts/profile_step.py)"; then

@@ -56,14 +56,14 @@ def test_the_fused_adamw_kernel_is_the_references_arithmetic():
     # the step given, the weight decay, a learning rate that changes, and an eps large enough to matter where it is
     torch = torch_engine.torch
     generator = torch.Generator().manual_seed(0)
-    weights, moments = torch.randn(1000, generator=generator, dtype=torch.float64), torch.zeros(1000)
-    by_hand = [weights, moments.double(), moments.double()]
-    fused = [tensor.clone() for tensor in by_hand]
+    weights = torch.randn(1000, generator=generator, dtype=torch.float64)
+    by_hand = (weights, torch.zeros_like(weights), torch.zeros_like(weights))  # (p, m, v)
+    fused = tuple(tensor.clone() for tensor in by_hand)
     for step in range(5):
         grads = torch.randn(1000, generator=generator, dtype=torch.float64) * 10.0 ** -step
         settings = dict(step=step, lr_t=0.01 * (1 - step / 5), beta1=0.9, beta2=0.95, eps=1e-3, weight_decay=0.1)
-        torch_engine.adam_update(*by_hand[:1], grads, *by_hand[1:], **settings)
-        torch_engine.fused_adamw_update(*fused[:1], grads, *fused[1:], **settings)
+        for update, (p, m, v) in ((torch_engine.adam_update, by_hand), (torch_engine.fused_adamw_update, fused)):
+            update(p, grads, m, v, **settings)
         for got, want in zip(fused, by_hand):
             assert (got - want).abs().max() <= 1e-12 * want.abs().max(), step
 
@@ -220,8 +220,8 @@ def test_a_loss_that_stops_being_finite_between_readings_stops_the_run_naming_it
 @pytest.mark.skipif(not torch_engine.torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/gpu_check.sh)")
 @pytest.mark.parametrize("attention", ["manual", "sdpa"])
 def test_an_ordinary_step_on_a_gpu_never_waits_for_the_gpu(tmp_path, attention):
-    """Steps that neither read their losses, log nor evaluate only queue work: torch raises at any call that would
-    make the host wait for the GPU (a result read back, a blocking copy to it)."""
+    """Steps that neither read their losses, log nor evaluate only queue work: torch raises at any wait for the GPU
+    that it watches for (a result read back, a blocking copy to it, a synchronisation)."""
     torch = torch_engine.torch
     trainer = torch_run(tmp_path / "run", device="cuda", dtype="bfloat16", attention=attention, dropout=0.2)
     progress = Progress(25, io.StringIO(), 1000)
@@ -233,6 +233,7 @@ def test_an_ordinary_step_on_a_gpu_never_waits_for_the_gpu(tmp_path, attention):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert trainer.step == READ_EVERY - 1 and len(trainer.unread) == READ_EVERY - 1
+
 
 TORCHRUN = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
 COMMON = ["--engine", "torch", "--device", "cpu", "--batch-size", 4, "--log-every", 1, "--eval-every", 1000,
